@@ -1,0 +1,34 @@
+# The two commands of the README:  make demo   |   make test
+# Everything else is a step they call, also usable on its own.
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+CORES     ?= all
+DEMO_DATA := data/demo
+
+export OMP_NUM_THREADS ?= 1
+# Rules call `python -m svt.<step>`: the venv's python must come first on PATH.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup demo demo-data test lint bench clean
+
+setup:            ## create .venv with pinned dependencies; install ffmpeg if missing
+	bash scripts/setup.sh
+
+demo-data: setup  ## generate the seeded synthetic dataset and copy the real clips
+	$(PY) -m svt.demo_data --out $(DEMO_DATA)/ucf101 --real-out $(DEMO_DATA)/real
+
+demo: demo-data   ## run the whole workflow on the demo data (local executor)
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/demo.yaml
+
+test: setup       ## run the test suite
+	$(VENV)/bin/python -m pytest -q
+
+lint: setup       ## snakemake's own linter
+	$(VENV)/bin/snakemake --lint --configfile config/demo.yaml
+
+bench: setup      ## benchmarks that print tables (decoders, planning time)
+	$(PY) bench/decoders.py
+	$(PY) bench/plan_decode.py
+
+clean:            ## remove demo outputs (keeps .venv)
+	rm -rf results/demo logs/demo $(DEMO_DATA) .snakemake

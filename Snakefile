@@ -1,0 +1,31 @@
+# svt-workflow: raw videos -> decoded manifests -> (pretraining, evaluation: later stages).
+# Run from the repository root:  snakemake --cores all [--configfile config/demo.yaml]
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+# Defaults are filled in and unknown keys rejected here, before any job is planned.
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9][A-Za-z0-9._-]*",
+    dhash="[0-9a-f]{10}",
+    shard=r"\d+",
+    split="train|val|test",
+
+
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    input:
+        data_outputs,
+    default_target: True

@@ -1,0 +1,135 @@
+# Helpers shared by the .smk files: stage folders named by config hashes, dataset checks,
+# argument lists for `python -m svt.<step>`.
+import functools
+import hashlib
+import json
+import shlex
+import sys
+from pathlib import Path
+
+REPO = Path(workflow.basedir)
+# Plan-time imports of svt work without `pip install -e .`. Jobs need nothing either: they
+# run `python -m svt.<step>` from the repository root, and `-m` puts that folder on sys.path
+# (which is what makes the package importable inside `--use-conda` environments).
+sys.path.insert(0, str(REPO))
+
+from svt.datasets import DatasetError, load_index
+
+RESULTS = str(Path(config["results_dir"], config["experiment"]))
+LOGS = str(Path(config["logs_dir"], config["experiment"]))
+
+
+def stage_hash(obj) -> str:
+    """Short hash of the config a stage depends on: its output folder's name."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def source_hash(*modules: str) -> str:
+    """Hash of the code of `svt.<module>` files, passed as a rule param so that editing a
+    step's code reruns it (Snakemake hashes only the shell string of `python -m` calls)."""
+    h = hashlib.sha256()
+    for m in modules:
+        h.update((REPO / "svt" / f"{m}.py").read_bytes())
+    return h.hexdigest()[:12]
+
+
+# ---- datasets ---------------------------------------------------------------------------
+
+
+def used_datasets() -> list[str]:
+    d = config["data"]
+    names = list(dict.fromkeys([d["pretrain"], *d["evaluate"], *d["extra"]]))
+    unknown = [n for n in names if n not in d["datasets"]]
+    if unknown:
+        raise ValueError(
+            f"config: data.pretrain/evaluate/extra name {unknown}, which are not defined "
+            f"under data.datasets (defined: {sorted(d['datasets'])})"
+        )
+    return names
+
+
+def _index_dataset(name: str):
+    spec = config["data"]["datasets"][name]
+    try:
+        return load_index(
+            spec["format"], spec["root"], spec.get("annotations"), spec.get("fold", 1),
+            spec.get("path_template"), tuple(spec.get("extensions") or ()) or None,
+        )
+    except DatasetError as err:
+        raise ValueError(f"dataset '{name}': {err}") from None
+
+
+@functools.cache
+def dataset_index(name: str):
+    """The dataset's parsed annotations, read once per Snakemake process while the DAG is
+    built (input function of the default target): a missing root or a malformed line stops the
+    workflow there, naming the file and line, before any job starts. Reading lazily keeps
+    `snakemake --lint` independent of the data and cluster jobs from re-reading it."""
+    return _index_dataset(name)
+
+
+DECODE_KEYS = ("short_side", "fps", "gop", "crf", "preset", "min_frames", "min_decoded_fraction")
+
+
+def data_hash(name: str) -> str:
+    spec = config["data"]["datasets"][name]
+    return stage_hash({"dataset": spec, "decode": {k: config["decode"][k] for k in DECODE_KEYS}})
+
+
+def data_dir(name: str) -> str:
+    return f"{RESULTS}/data/{name}-{data_hash(name)}"
+
+
+def dataset_of(wildcards) -> dict:
+    """The dataset spec behind a data-stage path, refusing folders of another config."""
+    if wildcards.dhash != data_hash(wildcards.dataset):
+        raise ValueError(
+            f"{RESULTS}/data/{wildcards.dataset}-{wildcards.dhash} belongs to another config "
+            f"(the current one is {data_dir(wildcards.dataset)})"
+        )
+    return config["data"]["datasets"][wildcards.dataset]
+
+
+def annotation_files(wildcards) -> list[str]:
+    ann = dataset_of(wildcards).get("annotations")
+    if not ann:
+        return []
+    p = Path(ann)
+    return sorted(str(f) for f in p.iterdir() if f.is_file()) if p.is_dir() else [str(p)]
+
+
+def index_args(wildcards) -> str:
+    spec = dataset_of(wildcards)
+    args = ["--format", spec["format"], "--root", spec["root"], "--fold", str(spec["fold"])]
+    if spec.get("annotations"):
+        args += ["--annotations", spec["annotations"]]
+    if spec.get("path_template"):
+        args += ["--path-template", spec["path_template"]]
+    if spec.get("extensions"):
+        args += ["--extensions", *spec["extensions"]]
+    return shlex.join(args)
+
+
+def decode_args(wildcards) -> str:
+    spec, dec = dataset_of(wildcards), config["decode"]
+    args = ["--raw-root", spec["root"], "--num-shards", str(dec["shards"])]
+    for key in (*DECODE_KEYS, "timeout_s"):
+        flag = "--timeout" if key == "timeout_s" else f"--{key.replace('_', '-')}"
+        args += [flag, str(dec[key])]
+    return shlex.join(args)
+
+
+def shard_manifests(wildcards) -> list[str]:
+    dataset_of(wildcards)
+    base = f"{RESULTS}/data/{wildcards.dataset}-{wildcards.dhash}/shards"
+    return [f"{base}/{k}.csv" for k in range(config["decode"]["shards"])]
+
+
+def data_outputs(wildcards=None) -> list[str]:
+    out = []
+    for name in used_datasets():
+        index, d = dataset_index(name), data_dir(name)
+        out += [f"{d}/rejects.csv", f"{d}/summary.json"]
+        out += [f"{d}/manifest/{split}.csv" for split in index.splits()]
+    return out

@@ -1,0 +1,89 @@
+# Data stage: annotations -> index -> decoded shards -> one manifest per split.
+# Outputs live in <results>/<experiment>/data/<dataset>-<hash of dataset + decode config>/.
+
+DATA = f"{RESULTS}/data/{{dataset}}-{{dhash}}"
+DATA_LOGS = f"{LOGS}/data/{{dataset}}-{{dhash}}"
+
+
+rule index:
+    """Read the dataset's annotations into index.csv (path, label, split) and classes.txt."""
+    input:
+        annotation_files,
+    output:
+        index=f"{DATA}/index.csv",
+        classes=f"{DATA}/classes.txt",
+    params:
+        args=index_args,
+        code=source_hash("index", "manifest", *(f"datasets/{m}" for m in (
+            "__init__", "ucf101", "hmdb51", "kinetics", "ssv2", "csv_list", "folder"))),
+        out_dir=lambda wc, output: Path(output.index).parent,
+    log:
+        f"{DATA_LOGS}/index.log",
+    conda:
+        "../../envs/video.yaml"
+    shell:
+        "python -m svt.index {params.args} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
+rule decode_shard:
+    """Probe and re-encode the videos of one shard (short side, fps, keyframes, no audio)."""
+    input:
+        index=f"{DATA}/index.csv",
+    output:
+        manifest=f"{DATA}/shards/{{shard}}.csv",
+        rejects=f"{DATA}/shards/{{shard}}.rejects.csv",
+    params:
+        args=decode_args,
+        code=source_hash("decode", "video", "manifest"),
+        videos=f"{DATA}/videos",
+    threads: config["decode"]["threads"]
+    resources:
+        mem_mb=lambda wc, threads: 1024 + 512 * threads,
+        runtime=240,
+    log:
+        f"{DATA_LOGS}/decode-{{shard}}.log",
+    conda:
+        "../../envs/video.yaml"
+    shell:
+        "python -m svt.decode shard --index {input.index:q} --videos-dir {params.videos:q}"
+        " --shard {wildcards.shard} --jobs {threads} {params.args} --out {output.manifest:q}"
+        " > {log:q} 2>&1"
+
+
+rule decode_report:
+    """Merge shard rejects into rejects.csv and count videos per split and reject reason."""
+    input:
+        shard_manifests,
+    output:
+        rejects=f"{DATA}/rejects.csv",
+        summary=f"{DATA}/summary.json",
+    params:
+        code=source_hash("decode", "manifest"),
+    log:
+        f"{DATA_LOGS}/report.log",
+    conda:
+        "../../envs/video.yaml"
+    shell:
+        "python -m svt.decode report --shards {input:q} --rejects {output.rejects:q}"
+        " --summary {output.summary:q} > {log:q} 2>&1"
+
+
+rule manifest:
+    """Write the manifest of one split; fail when too many videos were rejected."""
+    input:
+        shards=shard_manifests,
+        summary=f"{DATA}/summary.json",
+        rejects=f"{DATA}/rejects.csv",
+    output:
+        f"{DATA}/manifest/{{split}}.csv",
+    params:
+        max_reject=config["decode"]["max_reject_fraction"],
+        code=source_hash("decode", "manifest"),
+    log:
+        f"{DATA_LOGS}/manifest-{{split}}.log",
+    conda:
+        "../../envs/video.yaml"
+    shell:
+        "python -m svt.decode manifest --shards {input.shards:q} --split {wildcards.split}"
+        " --summary {input.summary:q} --rejects {input.rejects:q}"
+        " --max-reject-fraction {params.max_reject} --out {output:q} > {log:q} 2>&1"
