@@ -1,0 +1,139 @@
+"""End-to-end: the real `snakemake` runs the data stage on generated videos."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, make_video
+from svt.demo_data import generate
+from svt.manifest import ManifestRow, RejectRow, read_rows
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run snakemake as a user would, from a folder holding config.yaml (a link to ours)."""
+    if not (workdir / "config.yaml").exists():
+        (workdir / "config.yaml").symlink_to(REPO / "config.yaml")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                          "--cores", "2", *args], cwd=workdir, env=env, capture_output=True, text=True)
+    if check:
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def write_config(workdir: Path, datasets: dict, **decode) -> Path:
+    names = list(datasets)
+    cfg = {"experiment": "t", "data": {"pretrain": names[0], "evaluate": names[:1], "extra": names[1:],
+                                       "datasets": datasets},
+           "decode": {"short_side": 48, "shards": 2, "threads": 2, **decode}}
+    path = workdir / "test.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A small copy of the demo dataset (UCF101 layout), generated once for this module."""
+    root = tmp_path_factory.mktemp("demo")
+    generate(root / "ucf", seed=1, classes=4, groups=3, clips=1, frames=24, size=(80, 60), jobs=2)
+    return root / "ucf"
+
+
+def test_data_stage_end_to_end(demo, tmp_path):
+    hostile = tmp_path / "hostile"
+    names = ["a b/spaced name.mp4", "q'uo\"te/$HOME `id`.mp4", "ünï/视频 clip.mp4"]
+    for n in names:
+        make_video(hostile / n, size=(64, 48), seconds=1)
+    (hostile / "a b" / "broken.mp4").write_bytes(b"not a video at all" * 100)
+    cfg = write_config(tmp_path, {
+        "demo": {"format": "ucf101", "root": str(demo / "videos"), "annotations": str(demo / "splits")},
+        "odd": {"format": "folder", "root": str(hostile)},
+    }, max_reject_fraction=0.3)
+    res = snakemake(tmp_path, "--configfile", str(cfg))
+    out = tmp_path / "results" / "t" / "data"
+    (demo_dir,) = out.glob("demo-*")
+    train = read_rows(demo_dir / "manifest" / "train.csv", ManifestRow)
+    test = read_rows(demo_dir / "manifest" / "test.csv", ManifestRow)
+    assert len(train) == 8 and len(test) == 4  # 4 classes x 3 groups, group 1 held out in fold 1
+    assert {r.label for r in train} == {0, 1, 2, 3}
+    for r in train + test:
+        assert (r.width, r.height, r.fps, r.frames) == (64, 48, 30.0, 29)
+        assert (demo_dir / "videos" / r.path).exists()
+    # hostile names pass through argument lists untouched; the broken file is a reject
+    (odd_dir,) = out.glob("odd-*")
+    odd = read_rows(odd_dir / "manifest" / "train.csv", ManifestRow)
+    assert sorted(r.source for r in odd) == sorted(names)
+    rejects = read_rows(odd_dir / "rejects.csv", RejectRow)
+    assert [r.source for r in rejects] == ["a b/broken.mp4"] and rejects[0].reason.startswith("unreadable")
+    assert json.loads((odd_dir / "summary.json").read_text())["rejected"] == 1
+    # one log per job under logs/
+    logs = sorted(p.name for p in (tmp_path / "logs" / "t" / "data" / demo_dir.name).iterdir())
+    assert logs == ["decode-0.log", "decode-1.log", "index.log", "manifest-test.log",
+                    "manifest-train.log", "report.log"]
+    # a second run has nothing to do; a changed decode setting gets a new folder
+    again = snakemake(tmp_path, "--configfile", str(cfg))
+    assert "Nothing to be done" in again.stdout + again.stderr
+    cfg2 = write_config(tmp_path, yaml.safe_load(cfg.read_text())["data"]["datasets"],
+                        short_side=32, max_reject_fraction=0.3)
+    snakemake(tmp_path, "--configfile", str(cfg2))
+    assert len(list(out.glob("demo-*"))) == 2
+
+
+def test_too_many_rejects_fail_the_stage_but_keep_the_report(tmp_path):
+    root = tmp_path / "raw"
+    make_video(root / "ok" / "good.mp4", size=(64, 48), seconds=1)
+    (root / "ok" / "bad.mp4").write_bytes(b"")
+    cfg = write_config(tmp_path, {"d": {"format": "folder", "root": str(root)}}, max_reject_fraction=0.1)
+    res = snakemake(tmp_path, "--configfile", str(cfg), check=False)
+    assert res.returncode != 0
+    (ddir,) = (tmp_path / "results" / "t" / "data").glob("d-*")
+    log = (tmp_path / "logs" / "t" / "data" / ddir.name / "manifest-train.log").read_text()
+    assert "1 of 2 videos were rejected" in log and "max_reject_fraction=0.1" in log
+    assert [r.source for r in read_rows(ddir / "rejects.csv", RejectRow)] == ["ok/bad.mp4"]
+    assert (ddir / "videos" / "ok" / "good.mp4").exists()  # finished work is kept
+
+
+@pytest.mark.parametrize("case", ["missing_root", "malformed_line", "unknown_key", "undefined_dataset"])
+def test_bad_config_stops_before_any_job(demo, tmp_path, case):
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    for f in (demo / "splits").iterdir():
+        (splits / f.name).write_text(f.read_text())
+    ds = {"format": "ucf101", "root": str(demo / "videos"), "annotations": str(splits)}
+    cfg = write_config(tmp_path, {"demo": ds})
+    data = yaml.safe_load(cfg.read_text())
+    if case == "missing_root":
+        data["data"]["datasets"]["demo"]["root"] = str(tmp_path / "nowhere")
+        expect = [f"dataset root '{tmp_path / 'nowhere'}' does not exist"]
+    elif case == "malformed_line":
+        lines = (splits / "trainlist01.txt").read_text().splitlines()
+        lines[2] = "NotAClass/v_x.avi 99"
+        (splits / "trainlist01.txt").write_text("\n".join(lines) + "\n")
+        expect = [f"{splits / 'trainlist01.txt'}:3:"]
+    elif case == "unknown_key":
+        data["decode"]["short_sid"] = 64
+        expect = ["short_sid"]
+    else:
+        data["data"]["extra"] = ["nope"]
+        expect = ["nope", "not defined under data.datasets"]
+    cfg.write_text(yaml.safe_dump(data))
+    res = snakemake(tmp_path, "--configfile", str(cfg), check=False)
+    assert res.returncode != 0
+    for text in expect:
+        assert text in res.stderr + res.stdout
+    assert not (tmp_path / "results").exists()  # nothing ran
+
+
+def test_lint_is_clean(tmp_path):
+    res = snakemake(tmp_path, "--lint")
+    assert "Congratulations, your workflow is in a good condition!" in res.stdout + res.stderr
