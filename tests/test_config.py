@@ -1,0 +1,103 @@
+"""The config schema is complete and strict; config.yaml and the demo preset satisfy it."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from conftest import REPO
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def load(path):
+    return yaml.safe_load((REPO / path).read_text())
+
+
+def merged(base: dict, override: dict) -> dict:
+    """Snakemake's --configfile semantics: nested mappings merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def object_nodes(node, path="config"):
+    """Every object schema with properties, with its dotted path ($defs included)."""
+    if isinstance(node, dict):
+        if "properties" in node:
+            yield path, node
+            for key, sub in node["properties"].items():
+                yield from object_nodes(sub, f"{path}.{key}")
+        for key, sub in node.get("$defs", {}).items():
+            yield from object_nodes(sub, f"$defs.{key}")
+
+
+def test_every_key_has_description_and_default_and_rejects_unknown_keys():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    nodes = list(object_nodes(schema))
+    assert len(nodes) >= 10
+    for path, node in nodes:
+        assert node.get("additionalProperties") is False, f"{path} accepts unknown keys"
+        for key, sub in node["properties"].items():
+            assert sub.get("description"), f"{path}.{key} has no description"
+            assert "default" in sub, f"{path}.{key} has no default"
+
+
+def test_schema_defaults_equal_config_yaml():
+    """A key dropped from config.yaml must not silently change the recipe."""
+    schema = yaml.safe_load(SCHEMA.read_text())
+    config = load("config.yaml")
+    for section, node in schema["properties"].items():
+        if "properties" not in node or section == "data":
+            if "properties" not in node:
+                assert config[section] == node["default"], section
+            continue
+        for key, sub in node["properties"].items():
+            assert config[section][key] == sub["default"], f"{section}.{key}"
+
+
+@pytest.mark.parametrize("preset", [[], ["config/demo.yaml"]])
+def test_config_and_presets_validate(preset):
+    config = load("config.yaml")
+    for p in preset:
+        config = merged(config, load(p))
+    validate(config, str(SCHEMA))
+    assert config["decode"]["short_side"] > 0
+
+
+def test_defaults_filled_in_for_missing_sections():
+    config = {"data": {"datasets": {}}}
+    validate(config, str(SCHEMA))
+    assert config["decode"]["shards"] == 64 and config["optim"]["epochs"] == 20
+
+
+@pytest.mark.parametrize("path,value", [
+    (("decode", "short_sid"), 64),                    # typo of a key
+    (("typo_section",), {}),                           # unknown section
+    (("decode", "shards"), 0),                         # out of range
+    (("decode", "preset"), "warp"),                    # not an x264 preset
+    (("data", "datasets", "ucf101", "fold"), 4),       # no such official split
+    (("data", "datasets", "ucf101", "colour"), "red"), # unknown dataset key
+    (("experiment",), "../escape"),                    # would write outside results/
+])
+def test_malformed_config_is_rejected(path, value):
+    config = load("config.yaml")
+    node = config
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(WorkflowError):
+        validate(config, str(SCHEMA))
+
+
+def test_every_key_in_config_yaml_is_commented():
+    lines = (REPO / "config.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"^\s*[A-Za-z0-9_]+:", line):
+            assert "#" in line or lines[i - 1].strip().startswith("#"), f"config.yaml:{i + 1} {line!r}"
