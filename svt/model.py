@@ -1,0 +1,330 @@
+"""TimeSformer "divided space-time" ViT, the SVT backbone.
+
+A video (B, 3, T, H, W) is cut into 16x16 patches frame by frame. Tokens are kept in one
+sequence (B, 1 + T*N, D): the CLS token, then frame 0's N patches, frame 1's, and so on.
+Every block runs
+
+    temporal attention   each spatial location attends over its T frames (patches only)
+    spatial attention    each frame attends over its N patches plus the CLS token;
+                         the CLS token's T per-frame outputs are averaged
+    MLP
+
+all pre-norm and residual. The output is the final-norm CLS feature (B, D).
+
+Parameter names follow the official TimeSformer/SVT layout, so the released SVT checkpoint
+and image ViTs (timm, DINO) load with ``load_pretrained``. The positional tables are
+resampled to every input's (T, H/p, W/p), so one model takes any view size (svt.posembed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import math
+import sys
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from svt._compat import import_timm
+from svt.posembed import PosEmbedCache, resample_spatial, resample_temporal
+
+import_timm()
+from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_  # noqa: E402
+
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+# Presets for build_model(arch=...); every key can still be overridden.
+ARCHS = {
+    "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "vit_small": dict(embed_dim=384, depth=12, num_heads=6),
+    "vit_base": dict(embed_dim=768, depth=12, num_heads=12),
+}
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on F.scaled_dot_product_attention (flash / memory-efficient
+    kernels where the device has them). Parameter names qkv / proj as in timm and TimeSformer."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        assert dim % num_heads == 0, f"embed_dim {dim} is not divisible by num_heads {num_heads}"
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, D // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, head_dim)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    """Divided space-time block: temporal attention -> spatial attention -> MLP."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop_path: float = 0.0):
+        super().__init__()
+        self.temporal_norm1 = LayerNorm(dim)
+        self.temporal_attn = Attention(dim, num_heads, qkv_bias)
+        self.temporal_fc = nn.Linear(dim, dim)
+        self.norm1 = LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm2 = LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        B, L, D = x.shape
+        T = num_frames
+        N = (L - 1) // T
+        cls, patches = x[:, :1], x[:, 1:]
+
+        # Temporal: one sequence of length T per spatial location, patch tokens only.
+        xt = patches.reshape(B, T, N, D).transpose(1, 2).reshape(B * N, T, D)
+        xt = self.temporal_fc(self.temporal_attn(self.temporal_norm1(xt)))
+        xt = xt.reshape(B, N, T, D).transpose(1, 2).reshape(B, T * N, D)
+        patches = patches + self.drop_path(xt)
+
+        # Spatial: each frame with its own copy of the (block-input) CLS token.
+        xs = torch.cat([cls.expand(B, T, D).reshape(B * T, 1, D), patches.reshape(B * T, N, D)], 1)
+        xs = self.attn(self.norm1(xs)).reshape(B, T, 1 + N, D)
+        res = torch.cat([xs[:, :, 0].mean(1, keepdim=True),  # CLS: average over frames
+                         xs[:, :, 1:].reshape(B, T * N, D)], 1)
+        x = torch.cat([cls, patches], 1) + self.drop_path(res)
+
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class VisionTransformerSVT(nn.Module):
+    """TimeSformer-style video ViT returning the CLS feature; any T >= 1 and H, W multiple of p."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, num_frames: int = 16,
+                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.1,
+                 pos_interp_spatial: str = "nearest", pos_interp_temporal: str = "nearest",
+                 grad_checkpointing: bool = False):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        resample_spatial(torch.zeros(1, 2, 1), (1, 1), pos_interp_spatial)  # validate the modes
+        resample_temporal(torch.zeros(1, 1, 1), 1, pos_interp_temporal)
+        self.patch_size = patch_size
+        self.num_frames = num_frames
+        self.embed_dim = self.num_features = embed_dim
+        self.grid_size = img_size // patch_size
+        self.pos_interp_spatial = pos_interp_spatial
+        self.pos_interp_temporal = pos_interp_temporal
+        self.grad_checkpointing = grad_checkpointing
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, 3, embed_dim, strict_img_size=False)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size ** 2, embed_dim))
+        self.time_embed = nn.Parameter(torch.zeros(1, num_frames, embed_dim))
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth rises with depth
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i]) for i in range(depth))
+        self.norm = LayerNorm(embed_dim)
+        self._pos_cache = PosEmbedCache()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        nn.init.zeros_(self.time_embed)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for blk in self.blocks:  # temporal branch starts as the identity: step 0 = image model
+            nn.init.zeros_(blk.temporal_fc.weight)
+            nn.init.zeros_(blk.temporal_fc.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "time_embed"}
+
+    def spatial_table(self, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """pos_embed resampled to a (h, w) grid; cached while autograd is off."""
+        mode = self.pos_interp_spatial
+        return self._pos_cache.get(self.pos_embed, ("spatial", tuple(grid_hw), mode),
+                                   lambda: resample_spatial(self.pos_embed, grid_hw, mode))
+
+    def temporal_table(self, t: int) -> torch.Tensor:
+        """time_embed resampled to t frames; cached while autograd is off."""
+        mode = self.pos_interp_temporal
+        return self._pos_cache.get(self.time_embed, ("temporal", t, mode),
+                                   lambda: resample_temporal(self.time_embed, t, mode))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[1] != 3:
+            raise ValueError(f"expected a video batch (B, 3, T, H, W), got {tuple(x.shape)}")
+        B, C, T, H, W = x.shape
+        p = self.patch_size
+        assert H % p == 0 and W % p == 0, \
+            f"frame size {H}x{W} must be a multiple of the patch size {p} in both dimensions"
+        h, w = H // p, W // p
+
+        x = self.patch_embed(x.transpose(1, 2).reshape(B * T, C, H, W))  # (B*T, h*w, D)
+        pos = self.spatial_table((h, w))
+        x = x + pos[:, 1:]
+        x = x.reshape(B, T, h * w, -1) + self.temporal_table(T).unsqueeze(2)  # patches only
+        cls = (self.cls_token + pos[:, :1]).expand(B, -1, -1)
+        x = torch.cat([cls, x.flatten(1, 2)], dim=1)  # (B, 1 + T*h*w, D), frame-major
+
+        for blk in self.blocks:
+            if self.grad_checkpointing and self.training and x.requires_grad:
+                x = torch.utils.checkpoint.checkpoint(blk, x, T, use_reentrant=False)
+            else:
+                x = blk(x, T)
+        return self.norm(x)[:, 0]
+
+    forward = forward_features
+
+
+def build_model(arch: str | None = None, **cfg) -> VisionTransformerSVT:
+    """Build from the config.yaml ``model`` section; ``init`` (a checkpoint path) is ignored
+    here (see load_pretrained). ``arch`` picks an ARCHS preset that the other keys override."""
+    cfg = dict(cfg)
+    cfg.pop("init", None)
+    params = dict(ARCHS[arch]) if arch is not None else {}
+    params.update(cfg)
+    known = set(inspect.signature(VisionTransformerSVT).parameters)
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise TypeError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
+    return VisionTransformerSVT(**params)
+
+
+# ------------------------------------------------------------------------- loading weights
+
+_PREFIXES = ("module.", "backbone.", "model.", "encoder.")
+_DROPPED = ("head.", "head_dist.", "fc_norm.", "pre_logits.")  # classifier / DINO heads
+_UNSUPPORTED = {  # key fragment -> why we refuse rather than silently dropping it
+    "reg_token": "register tokens", "dist_token": "a distillation token",
+    ".ls1.": "layer scale", ".ls2.": "layer scale", "q_norm.": "qk-norm", "k_norm.": "qk-norm",
+    "norm_pre.": "a pre-norm before the blocks",
+}
+_WRAPPERS = ("teacher", "state_dict", "model", "module", "student")  # teacher preferred
+
+
+def _strip_prefixes(key: str) -> str:
+    while key.startswith(_PREFIXES):
+        key = key[key.index(".") + 1:]
+    return key
+
+
+def checkpoint_filter_fn(state_dict: dict, model: VisionTransformerSVT) -> dict:
+    """Remap a foreign state dict (official SVT / TimeSformer, DINO or timm image ViT) to ours.
+
+    Image ViTs become step-0-equivalent video models: each block's spatial attention and its
+    norm are copied into the temporal branch, and temporal_fc is zero (the branch adds nothing).
+    pos_embed and time_embed are resampled to the model's grid and frame count.
+    """
+    out = {}
+    for k, v in state_dict.items():
+        k = _strip_prefixes(k)
+        if k.startswith(_DROPPED):
+            continue
+        for frag, why in _UNSUPPORTED.items():
+            if frag in k:
+                raise ValueError(f"checkpoint key {k!r}: ViTs with {why} are not supported")
+        out[k] = v
+
+    is_image_vit = "time_embed" not in out and not any(".temporal_" in k for k in out)
+    if is_image_vit:
+        for k in [k for k in out if k.startswith("blocks.")]:
+            i, rest = k.split(".")[1], k.split(".", 2)[2]
+            if rest.startswith("attn."):
+                out[f"blocks.{i}.temporal_{rest}"] = out[k].clone()
+            elif rest.startswith("norm1."):
+                out[f"blocks.{i}.temporal_{rest}"] = out[k].clone()
+                if rest == "norm1.weight":
+                    d = out[k].shape[0]
+                    out[f"blocks.{i}.temporal_fc.weight"] = out[k].new_zeros(d, d)
+                    out[f"blocks.{i}.temporal_fc.bias"] = out[k].new_zeros(d)
+    if "time_embed" not in out and "pos_embed" in out:  # zero: frames start indistinguishable
+        pos = out["pos_embed"]
+        out["time_embed"] = pos.new_zeros(1, model.num_frames, pos.shape[-1])
+
+    with torch.no_grad():
+        if "pos_embed" in out:
+            pos = out["pos_embed"]
+            n = pos.shape[1]
+            if math.isqrt(n) ** 2 == n:
+                # timm "no_embed_class": the CLS token gets no position; a zero row is exact.
+                pos = torch.cat([pos.new_zeros(1, 1, pos.shape[-1]), pos], dim=1)
+            elif math.isqrt(n - 1) ** 2 != n - 1:
+                raise ValueError(f"pos_embed of shape {tuple(pos.shape)} is neither CLS + square "
+                                 "grid nor a square grid")
+            g = model.grid_size
+            out["pos_embed"] = resample_spatial(pos, (g, g), model.pos_interp_spatial).contiguous()
+        if "time_embed" in out and out["time_embed"].dim() == 3:
+            out["time_embed"] = resample_temporal(out["time_embed"], model.num_frames,
+                                                  model.pos_interp_temporal).contiguous()
+    return out
+
+
+def _unwrap(obj) -> dict:
+    """Find the state dict inside a training checkpoint (DINO/SVT: prefer the teacher)."""
+    def holds_weights(d) -> bool:
+        return isinstance(d, dict) and any(torch.is_tensor(v) or isinstance(v, dict)
+                                           for v in d.values())
+
+    while isinstance(obj, dict):
+        inner = next((obj[k] for k in _WRAPPERS if holds_weights(obj.get(k))), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, dict) or not any(torch.is_tensor(v) for v in obj.values()):
+        raise ValueError("no state dict (a mapping of names to tensors) found in the checkpoint")
+    return {k: v for k, v in obj.items() if torch.is_tensor(v)}
+
+
+def load_pretrained(model: VisionTransformerSVT, path, allow_shape_mismatch: bool = False):
+    """Load a checkpoint file into ``model`` (strict=False) and return (missing, unexpected).
+
+    Always ``weights_only=True``; argparse.Namespace (DINO/SVT store their ``args``) is the one
+    extra type allowed. Shape mismatches raise ValueError unless ``allow_shape_mismatch``, in
+    which case those keys are skipped (and so reported as missing).
+    """
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint_filter_fn(_unwrap(ckpt), model)
+
+    own = model.state_dict()
+    bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+           if k in own and v.shape != own[k].shape]
+    if bad:
+        lines = "\n".join(f"  {k}: checkpoint {a} vs model {b}" for k, a, b in bad)
+        if not allow_shape_mismatch:
+            raise ValueError(f"shape mismatch loading {path}:\n{lines}")
+        print(f"[load_pretrained] skipping {len(bad)} keys with mismatched shapes:\n{lines}",
+              file=sys.stderr)
+        for k, _, _ in bad:
+            del state[k]
+
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    print(f"[load_pretrained] {path}: {len(state) - len(unexpected)} tensors loaded; "
+          f"missing keys: {list(missing)}; unexpected keys: {list(unexpected)}", file=sys.stderr)
+    model._pos_cache.clear()
+    return list(missing), list(unexpected)
+
+
+def file_sha256(path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, for logging which init checkpoint a run started from."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,366 @@
+"""svt.model: shapes, gradients, attention, and loading image / DINO / official-SVT weights."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import subprocess
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from svt._compat import import_timm
+from svt.model import (ARCHS, Attention, VisionTransformerSVT, build_model, checkpoint_filter_fn,
+                       file_sha256, load_pretrained)
+from svt.posembed import resample_spatial
+
+timm = import_timm()
+from timm.layers import resample_abs_pos_embed  # noqa: E402
+from timm.models.vision_transformer import VisionTransformer  # noqa: E402
+
+TINY = dict(img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.0)
+
+
+def tiny(**kw) -> VisionTransformerSVT:
+    torch.manual_seed(kw.pop("seed", 0))
+    return VisionTransformerSVT(**{**TINY, **kw})
+
+
+def perturb(module: torch.nn.Module, seed: int = 1, scale: float = 0.05) -> None:
+    """Make every parameter non-trivial (biases and LayerNorms away from 0/1)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def timm_vit(img_size=32, seed=0, **kw) -> VisionTransformer:
+    torch.manual_seed(seed)
+    m = VisionTransformer(img_size=img_size, patch_size=16, embed_dim=32, depth=2, num_heads=2,
+                          num_classes=5, global_pool="token", class_token=True, qkv_bias=True, **kw)
+    perturb(m, seed + 1)
+    return m.eval()
+
+
+def timm_cls(m: VisionTransformer, img: torch.Tensor) -> torch.Tensor:
+    return m.forward_head(m.forward_features(img), pre_logits=True)
+
+
+def video_of(img: torch.Tensor, t: int) -> torch.Tensor:
+    return img.unsqueeze(2).expand(-1, -1, t, -1, -1).contiguous()
+
+
+# ---------------------------------------------------------------- forward
+
+@pytest.mark.parametrize("t", [1, 2, 8])
+@pytest.mark.parametrize("hw", [(32, 32), (48, 32)])
+def test_output_shape_any_length_and_size(t, hw):
+    m = tiny(num_frames=16).eval()
+    out = m(torch.randn(2, 3, t, *hw))
+    assert out.shape == (2, m.embed_dim) and torch.isfinite(out).all()
+
+
+def test_bad_input_size_raises():
+    m = tiny()
+    with pytest.raises(AssertionError, match="multiple of the patch size 16"):
+        m(torch.randn(1, 3, 2, 40, 32))
+    with pytest.raises(ValueError, match=r"\(B, 3, T, H, W\)"):
+        m(torch.randn(1, 2, 32, 32))
+
+
+def test_gradients_reach_every_parameter():
+    m = tiny(num_frames=4).train()
+    perturb(m)  # temporal_fc starts at zero, which would block the temporal branch's grads
+    m(torch.randn(2, 3, 4, 48, 32)).square().sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_fresh_model_temporal_fc_is_zero_and_time_embed_zero():
+    m = tiny()
+    for blk in m.blocks:
+        assert not blk.temporal_fc.weight.any() and not blk.temporal_fc.bias.any()
+    assert not m.time_embed.any()
+    assert m.no_weight_decay() == {"pos_embed", "cls_token", "time_embed"}
+
+
+def test_grad_checkpointing_same_output_and_grads(monkeypatch):
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    a = tiny(drop_path_rate=0.2, grad_checkpointing=False).train()
+    perturb(a)
+    b = tiny(drop_path_rate=0.2, grad_checkpointing=True).train()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 3, 2, 32, 32)
+    outs = []
+    for m in (a, b):
+        torch.manual_seed(123)  # same drop-path draws
+        out = m(x)
+        out.square().sum().backward()
+        outs.append(out)
+    assert len(calls) == len(b.blocks)  # only the checkpointing model used it
+    torch.testing.assert_close(outs[0], outs[1])
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, msg=n)
+
+
+def test_sdpa_attention_matches_hand_written_reference():
+    torch.manual_seed(0)
+    attn = Attention(32, num_heads=4)
+    x = torch.randn(3, 7, 32)
+    B, L, D = x.shape
+    h, hd = 4, 8
+    q, k, v = attn.qkv(x).split(D, dim=-1)
+    q, k, v = (t.reshape(B, L, h, hd).transpose(1, 2) for t in (q, k, v))
+    w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(hd), dim=-1)
+    ref = attn.proj((w @ v).transpose(1, 2).reshape(B, L, D))
+    torch.testing.assert_close(attn(x), ref, atol=1e-6, rtol=1e-5)
+
+
+def reference_block(blk, x: torch.Tensor, T: int) -> torch.Tensor:
+    """The divided space-time block written over the official TimeSformer token order
+    (patch-major: for each location its T frames), i.e. independently of our layout."""
+    B, L, D = x.shape
+    N = (L - 1) // T
+    cls, xt = x[:, :1], x[:, 1:]                                  # xt: (B, N*T, D)
+    seq = xt.reshape(B * N, T, D)                                 # one sequence per location
+    xt = xt + blk.temporal_fc(blk.temporal_attn(blk.temporal_norm1(seq))).reshape(B, N * T, D)
+    frames = xt.reshape(B, N, T, D).permute(0, 2, 1, 3).reshape(B * T, N, D)
+    xs = torch.cat([cls.repeat(1, T, 1).reshape(B * T, 1, D), frames], 1)
+    res = blk.attn(blk.norm1(xs))
+    res_cls = res[:, 0].reshape(B, T, D).mean(1, keepdim=True)
+    res_patch = res[:, 1:].reshape(B, T, N, D).permute(0, 2, 1, 3).reshape(B, N * T, D)
+    out = torch.cat([cls, xt], 1) + torch.cat([res_cls, res_patch], 1)
+    return out + blk.mlp(blk.norm2(out))
+
+
+def test_block_matches_reference_in_official_token_order():
+    m = tiny()
+    perturb(m, scale=0.2)
+    blk = m.blocks[0].eval()
+    B, T, N, D = 2, 3, 6, 32
+    cls, patches = torch.randn(B, 1, D), torch.randn(B, T, N, D)
+    ours = blk(torch.cat([cls, patches.reshape(B, T * N, D)], 1), T)        # frame-major
+    official = torch.cat([cls, patches.transpose(1, 2).reshape(B, N * T, D)], 1)  # patch-major
+    ref = reference_block(blk, official, T)
+    torch.testing.assert_close(ours[:, 0], ref[:, 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours[:, 1:].reshape(B, T, N, D),
+                               ref[:, 1:].reshape(B, N, T, D).transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_tables_are_resampled_per_view_and_cached_in_eval():
+    m = tiny(num_frames=4).eval()
+    perturb(m)
+    x = torch.randn(1, 3, 2, 48, 32)
+    with torch.no_grad():
+        a = m(x)
+        hits = m._pos_cache.hits
+        assert torch.equal(m(x), a) and m._pos_cache.hits == hits + 2  # spatial + temporal
+        misses = m._pos_cache.misses
+        m.pos_embed.add_(torch.randn_like(m.pos_embed))  # any in-place update invalidates
+        assert not torch.allclose(m(x), a) and m._pos_cache.misses == misses + 1
+    # training always recomputes so the tables get gradients
+    m.train()
+    m(x).sum().backward()
+    assert m.pos_embed.grad.abs().sum() > 0 and m.time_embed.grad.abs().sum() > 0
+
+
+def test_build_model_from_config_section():
+    cfg = dict(patch_size=16, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, qkv_bias=True,
+               drop_path_rate=0.1, img_size=32, num_frames=8, pos_interp_spatial="bicubic",
+               pos_interp_temporal="linear", grad_checkpointing=True, init="none")
+    m = build_model(**cfg)
+    assert m.embed_dim == 32 and len(m.blocks) == 2 and m.time_embed.shape == (1, 8, 32)
+    assert m.blocks[0].mlp.fc1.out_features == 64 and m.grad_checkpointing
+    with pytest.raises(TypeError, match="embed_dims"):
+        build_model(embed_dims=32)
+    with pytest.raises(ValueError, match="mode"):
+        build_model(**{**cfg, "pos_interp_spatial": "cubic"})
+    assert set(ARCHS) == {"vit_tiny", "vit_small", "vit_base"}
+    small = build_model(arch="vit_small", depth=1, img_size=32)
+    assert small.embed_dim == 384 and len(small.blocks) == 1
+
+
+def test_official_key_layout():
+    keys = set(tiny().state_dict())
+    for k in ["cls_token", "pos_embed", "time_embed", "patch_embed.proj.weight", "norm.weight",
+              "blocks.1.norm1.weight", "blocks.1.attn.qkv.weight", "blocks.1.attn.qkv.bias",
+              "blocks.1.attn.proj.weight", "blocks.1.temporal_norm1.bias",
+              "blocks.1.temporal_attn.qkv.weight", "blocks.1.temporal_attn.proj.bias",
+              "blocks.1.temporal_fc.weight", "blocks.1.norm2.weight", "blocks.1.mlp.fc1.weight",
+              "blocks.1.mlp.fc2.bias"]:
+        assert k in keys, k
+
+
+# ---------------------------------------------------------------- loading image ViTs
+
+@pytest.mark.parametrize("t", [1, 3, 8])
+def test_step0_equivalence_with_timm_image_vit(tmp_path, t):
+    ref = timm_vit()
+    path = tmp_path / "vit.pth"
+    torch.save(ref.state_dict(), path)
+    m = tiny(num_frames=8).eval()
+    missing, unexpected = load_pretrained(m, path)
+    assert missing == [] and unexpected == []
+    for blk, rblk in zip(m.blocks, ref.blocks):
+        assert torch.equal(blk.temporal_attn.qkv.weight, rblk.attn.qkv.weight)
+        assert torch.equal(blk.temporal_norm1.weight, rblk.norm1.weight)
+        assert not blk.temporal_fc.weight.any() and not blk.temporal_fc.bias.any()
+    img = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m(video_of(img, t)), timm_cls(ref, img), atol=1e-5, rtol=1e-5)
+
+
+def test_timm_no_embed_class_layout_loads_exactly(tmp_path):
+    ref = timm_vit(no_embed_class=True)
+    assert ref.pos_embed.shape[1] == 4  # no CLS slot
+    torch.save(ref.state_dict(), tmp_path / "vit.pth")
+    m = tiny().eval()
+    assert load_pretrained(m, tmp_path / "vit.pth") == ([], [])
+    img = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m(video_of(img, 2)), timm_cls(ref, img), atol=1e-5, rtol=1e-5)
+
+
+def test_dino_layout_teacher_preferred(tmp_path):
+    teacher, student = timm_vit(seed=0), timm_vit(seed=10)
+
+    def wrap(vit):
+        sd = {"backbone." + k: v for k, v in vit.state_dict().items() if not k.startswith("head")}
+        sd["head.mlp.0.weight"] = torch.randn(64, 32)
+        sd["head.last_layer.weight_g"] = torch.ones(100, 1)
+        return sd
+    ckpt = {"student": {"module." + k: v for k, v in wrap(student).items()},
+            "teacher": wrap(teacher), "epoch": 3, "args": argparse.Namespace(arch="vit_small")}
+    torch.save(ckpt, tmp_path / "checkpoint.pth")
+    m = tiny().eval()
+    assert load_pretrained(m, tmp_path / "checkpoint.pth") == ([], [])
+    img = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m(video_of(img, 4)), timm_cls(teacher, img),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_image_checkpoint_at_other_resolution_resamples_pos_table(tmp_path):
+    ref = timm_vit(img_size=64)  # 4x4 grid
+    torch.save(ref.state_dict(), tmp_path / "vit64.pth")
+    for mode in ("nearest", "bicubic"):
+        m = tiny(img_size=32, pos_interp_spatial=mode)  # 2x2 grid
+        assert load_pretrained(m, tmp_path / "vit64.pth") == ([], [])
+        assert m.pos_embed.shape == (1, 5, 32)
+        if mode == "bicubic":
+            expect = resample_abs_pos_embed(ref.pos_embed.detach(), [2, 2], num_prefix_tokens=1,
+                                            interpolation="bicubic", antialias=False)
+        else:
+            grid = ref.pos_embed.detach()[0, 1:].reshape(4, 4, 32)
+            expect = torch.cat([ref.pos_embed.detach()[0, :1], grid[::2, ::2].reshape(4, 32)])[None]
+        torch.testing.assert_close(m.pos_embed.detach(), expect, atol=1e-6, rtol=0)
+        assert torch.equal(m.pos_embed[:, 0], ref.pos_embed[:, 0])  # CLS slot copied as is
+
+
+def test_unsupported_image_layout_raises():
+    ref = timm_vit(reg_tokens=2)
+    with pytest.raises(ValueError, match="register tokens"):
+        checkpoint_filter_fn(ref.state_dict(), tiny())
+
+
+# ---------------------------------------------------------------- official SVT release
+
+def test_official_svt_layout_8_frames_loads_into_16_frame_model(tmp_path):
+    src = tiny(num_frames=8).eval()
+    perturb(src)
+    sd = {"backbone." + k: v for k, v in src.state_dict().items()}
+    sd["head.mlp.0.weight"] = torch.randn(64, 32)   # the DINO projection head: dropped
+    sd["head.last_layer.weight_v"] = torch.randn(100, 16)
+    torch.save(sd, tmp_path / "kinetics400_vitb_ssl.pth")
+
+    m = tiny(num_frames=16).eval()
+    missing, unexpected = load_pretrained(m, tmp_path / "kinetics400_vitb_ssl.pth")
+    assert missing == [] and unexpected == []
+    # nearest 8 -> 16 repeats every frame row twice, as SVT does at run time
+    torch.testing.assert_close(m.time_embed.detach(),
+                               src.time_embed.detach().repeat_interleave(2, 1))
+    for k, v in src.state_dict().items():
+        if k != "time_embed":
+            assert torch.equal(m.state_dict()[k], v), k
+    # and 8-frame clips give the same features (16 -> 8 takes rows 0, 2, ... back)
+    x = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), src(x))
+
+
+def test_filter_strips_nested_prefixes_and_heads():
+    src = tiny()
+    sd = {"module.backbone.model." + k: v for k, v in src.state_dict().items()}
+    sd["module.head.weight"] = torch.zeros(3, 32)
+    sd["fc_norm.weight"] = torch.zeros(32)
+    out = checkpoint_filter_fn(sd, tiny())
+    assert set(out) == set(src.state_dict())
+
+
+# ---------------------------------------------------------------- errors and reporting
+
+def test_shape_mismatch_raises_unless_allowed(tmp_path, capsys):
+    big = tiny(embed_dim=48, num_heads=2)
+    torch.save(big.state_dict(), tmp_path / "big.pth")
+    m = tiny()
+    with pytest.raises(ValueError) as err:
+        load_pretrained(m, tmp_path / "big.pth")
+    msg = str(err.value)
+    assert "pos_embed" in msg and "(1, 5, 48)" in msg and "(1, 5, 32)" in msg
+    assert "blocks.0.attn.qkv.weight" in msg
+
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    missing, unexpected = load_pretrained(m, tmp_path / "big.pth", allow_shape_mismatch=True)
+    assert "pos_embed" in missing and "blocks.0.attn.qkv.weight" in missing
+    assert torch.equal(m.pos_embed, before["pos_embed"])  # skipped, not half-loaded
+    assert "pos_embed" in capsys.readouterr().err
+
+
+def test_missing_and_unexpected_keys_are_reported(tmp_path, capsys):
+    sd = dict(tiny().state_dict())
+    del sd["norm.weight"]
+    sd["foo.bar"] = torch.zeros(2)
+    # our own export layout: a config dict under "model" beside the weights
+    torch.save({"model": {"embed_dim": 32}, "module": sd, "step": 7}, tmp_path / "partial.pth")
+    missing, unexpected = load_pretrained(tiny(), tmp_path / "partial.pth")
+    assert missing == ["norm.weight"] and unexpected == ["foo.bar"]
+    err = capsys.readouterr().err
+    assert "norm.weight" in err and "foo.bar" in err
+
+
+def test_load_refuses_pickled_code(tmp_path):
+    torch.save({"state_dict": tiny().state_dict(), "evil": subprocess.Popen},
+               tmp_path / "unsafe.pth")
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported global"):
+        load_pretrained(tiny(), tmp_path / "unsafe.pth")
+
+
+def test_file_sha256(tmp_path):
+    p = tmp_path / "blob.bin"
+    p.write_bytes(b"svt" * 500_000)
+    assert file_sha256(p) == hashlib.sha256(p.read_bytes()).hexdigest()
+    assert file_sha256(p) == subprocess.run(["sha256sum", str(p)], capture_output=True,
+                                            text=True, check=True).stdout.split()[0]
+
+
+def test_sdpa_is_what_attention_calls(monkeypatch):
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    tiny(depth=1)(torch.randn(1, 3, 2, 32, 32))
+    assert len(calls) == 2  # temporal + spatial
+
+
+def test_spatial_table_nearest_default_matches_posembed():
+    m = tiny(img_size=64)
+    with torch.no_grad():
+        assert torch.equal(m.spatial_table((2, 3)), resample_spatial(m.pos_embed, (2, 3)))
