@@ -1,4 +1,4 @@
-# svt-workflow: raw videos -> decoded manifests -> (pretraining, evaluation: later stages).
+# svt-workflow: raw videos -> decoded manifests -> SVT pretraining -> (evaluation: next stage).
 # Run from the repository root:  snakemake --cores all [--configfile config/demo.yaml]
 from snakemake.utils import min_version, validate
 
@@ -23,9 +23,11 @@ wildcard_constraints:
 
 
 include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
 
 
 rule all:
     input:
         data_outputs,
+        rules.pretrain.output.backbone,
     default_target: True

@@ -73,6 +73,8 @@ DECODE_KEYS = ("short_side", "fps", "gop", "crf", "preset", "min_frames", "min_d
 
 
 def data_hash(name: str) -> str:
+    if name not in config["data"]["datasets"]:
+        used_datasets()  # raises, naming the undefined dataset
     spec = config["data"]["datasets"][name]
     return stage_hash({"dataset": spec, "decode": {k: config["decode"][k] for k in DECODE_KEYS}})
 
@@ -133,3 +135,37 @@ def data_outputs(wildcards=None) -> list[str]:
         out += [f"{d}/rejects.csv", f"{d}/summary.json"]
         out += [f"{d}/manifest/{split}.csv" for split in index.splits()]
     return out
+
+
+# ---- pretraining ------------------------------------------------------------------------
+
+PRETRAIN_SECTIONS = ("model", "views", "augment", "loss", "optim")
+
+
+def pretrain_hash() -> str:
+    """Everything the trained weights depend on: the data and the recipe, not the runtime."""
+    cfg = {k: config[k] for k in PRETRAIN_SECTIONS}
+    return stage_hash({"data": data_hash(config["data"]["pretrain"]), **cfg})
+
+
+def pretrain_dir() -> str:
+    return f"{RESULTS}/pretrain/{config['data']['pretrain']}-{pretrain_hash()}"
+
+
+def pretrain_config_json() -> str:
+    return json.dumps({k: config[k] for k in (*PRETRAIN_SECTIONS, "pretrain")}, sort_keys=True)
+
+
+def tracking_uri() -> str:
+    uri = config["tracking"]["uri"]
+    return uri or f"sqlite:///{Path(config['results_dir']).absolute() / 'mlflow.db'}"
+
+
+def tracking_experiment() -> str:
+    return config["tracking"]["experiment"] or config["experiment"]
+
+
+def launcher() -> str:
+    """One process per device: torchrun for several, plain python for one."""
+    n = config["pretrain"]["devices_per_node"]
+    return f"torchrun --standalone --nproc-per-node {n}" if n > 1 else "python"

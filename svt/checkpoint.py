@@ -1,0 +1,64 @@
+"""Training checkpoints: atomic writes, automatic resume, safe loading.
+
+A checkpoint is written to a temporary file in the same folder, flushed to disk and renamed
+over ``last.pth``: a job killed at any moment leaves either the previous or the new checkpoint,
+never a torn one. Loading always uses ``weights_only=True`` (no arbitrary code from a file), so
+everything saved is tensors, numbers, strings, lists and dicts.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LAST = "last.pth"
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def latest(ckpt_dir: str | os.PathLike) -> Path | None:
+    path = Path(ckpt_dir) / LAST
+    return path if path.exists() else None
+
+
+def rng_state() -> dict:
+    """Every random generator the training loop touches, in weights_only-loadable types."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        # int64, not uint32: uint32 tensors do not survive all_gather_object's pickling
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

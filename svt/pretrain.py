@@ -1,0 +1,395 @@
+"""SVT self-supervised pretraining: ``python -m svt.pretrain`` (one process per device).
+
+    torchrun --nproc-per-node 8 -m svt.pretrain --manifest train.csv --videos-root V \
+        --config-json '{...}' --out-dir OUT --ckpt-dir CKPT
+
+The student sees all views (2 global + 8 local), the teacher (an EMA of the student) sees the
+global views, and the student learns to predict the teacher's centred, sharpened output for
+every other view (svt.loss). Everything the run needs comes from the arguments: ``--config-json``
+holds the model/views/augment/loss/optim/pretrain sections resolved by the workflow.
+
+Safe to kill: checkpoints are atomic and the run resumes from the latest one. SIGTERM/SIGUSR1
+only set a flag; the loop saves at the next step boundary and exits with EXIT_PREEMPTED so the
+scheduler's retry resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import yaml
+from tqdm import tqdm
+
+from svt import checkpoint as ckpt
+from svt.loader import VideoDataset, collate_clips
+from svt.loss import (DINOHead, MultiViewModel, SVTLoss, apply_schedules,
+                      cancel_last_layer_gradients, clip_gradients, cosine_schedule, param_groups,
+                      update_teacher)
+from svt.model import build_model, file_sha256, load_pretrained
+from svt.tracking import Tracker, flatten
+from svt.views import SVTAugment, SVTClipSampler, ViewConfig
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request after saving; rerun to resume
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffled, rank-sharded indices that can start mid-epoch: resuming after step k of an
+    epoch continues with exactly the batches the killed run had not seen yet."""
+
+    def __init__(self, n: int, batch_size: int, rank: int, world: int, seed: int):
+        self.n, self.bs, self.rank, self.world, self.seed = n, batch_size, rank, world, seed
+        self.epoch, self.start_batch = 0, 0
+        self.batches = n // (batch_size * world)  # per rank; the ragged end is dropped
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g)[: self.batches * self.bs * self.world]
+        mine = order[self.rank :: self.world]
+        return iter(mine[self.start_batch * self.bs :].tolist())
+
+    def __len__(self) -> int:
+        return (self.batches - self.start_batch) * self.bs
+
+
+class AugmentCollate:
+    """CPU path: augment inside the DataLoader workers, seeded per (epoch, sample)."""
+
+    def __init__(self, augment: SVTAugment, seed: int):
+        self.augment, self.seed, self.epoch = augment, seed, 0
+
+    def __call__(self, batch: list[dict]) -> dict:
+        per_sample = []
+        for item in batch:
+            g = torch.Generator().manual_seed(hash((self.seed, self.epoch, item["index"])) % 2**63)
+            per_sample.append(self.augment(item["clips"], generator=g))
+        views = [torch.stack([s[v] for s in per_sample]) for v in range(len(per_sample[0]))]
+        return {"views": views, "label": torch.tensor([b["label"] for b in batch])}
+
+
+# ---- distributed ----------------------------------------------------------------------------
+
+
+def init_distributed() -> tuple[int, int, int, torch.device]:
+    """(rank, world size, local rank, device) from torchrun's environment; single process
+    without it. NCCL on GPUs, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, local, device
+
+
+def all_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1; read at step boundaries (never save from a signal handler)."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._set)
+
+    def _set(self, signum, frame):
+        self.signal = signum
+
+
+def precision_context(precision: str, device: torch.device):
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return precision, nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return precision, lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def build_nets(cfg: dict, device: torch.device) -> tuple[MultiViewModel, MultiViewModel]:
+    m, lc = cfg["model"], cfg["loss"]
+
+    def net():
+        backbone = build_model(**{k: v for k, v in m.items() if k != "init"})
+        head = DINOHead(backbone.embed_dim, lc["out_dim"], lc["hidden_dim"], lc["bottleneck_dim"],
+                        norm_last_layer=lc["norm_last_layer"])
+        return MultiViewModel(backbone, head)
+
+    student, teacher = net(), net()
+    if m.get("init") and m["init"] != "none":
+        load_pretrained(student.backbone, m["init"])
+    teacher.load_state_dict(student.state_dict())
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    teacher.eval()  # no drop-path in the teacher: it is an average, not a regularised learner
+    return student.to(device), teacher.to(device)
+
+
+def write_curves(metrics_csv: Path, out_png: Path) -> None:
+    """Loss and schedule curves from metrics.csv (people would rather look than read)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    step = [int(r["step"]) for r in rows]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
+    for ax, keys, title in zip(axes, (["loss"], ["lr"], ["teacher_entropy"], ["momentum", "wd"]),
+                               ("SVT loss", "learning rate", "teacher entropy (collapse: -> 0)",
+                                "teacher momentum / weight decay")):
+        for k in keys:
+            ax.plot(step, [float(r[k]) for r in rows], label=k)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if len(keys) > 1:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def train(args: argparse.Namespace) -> int:
+    cfg = json.loads(args.config_json)
+    oc, pc = cfg["optim"], cfg["pretrain"]
+    rank, world, local, device = init_distributed()
+    main_rank = rank == 0
+    torch.manual_seed(oc["seed"] + rank)
+    out_dir, ckpt_dir = Path(args.out_dir), Path(args.ckpt_dir)
+    if main_rank:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    # data: one decode per video for all ten views
+    view_cfg = ViewConfig.from_config(cfg["views"], cfg["augment"])
+    augment = SVTAugment(view_cfg)
+    dataset = VideoDataset(args.manifest, args.videos_root, SVTClipSampler(view_cfg),
+                           backend=pc["decoder"], split="train", seed=oc["seed"])
+    bs = oc["batch_size_per_gpu"]
+    sampler = EpochSampler(len(dataset), bs, rank, world, oc["seed"])
+    if sampler.batches == 0:
+        raise SystemExit(f"{args.manifest}: {len(dataset)} training videos cannot fill one global "
+                         f"batch of {bs} x {world}; lower optim.batch_size_per_gpu")
+    on_gpu = device.type == "cuda"
+    collate = collate_clips if on_gpu else AugmentCollate(augment, oc["seed"])
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=bs, sampler=sampler, num_workers=pc["num_workers"], drop_last=True,
+        collate_fn=collate, pin_memory=on_gpu, persistent_workers=False,
+        # its own generator: drawing worker seeds from the global RNG at every epoch start
+        # would make a resumed run diverge from an uninterrupted one
+        generator=torch.Generator().manual_seed(oc["seed"]))
+
+    # model, loss, optimiser, schedules
+    student, teacher = build_nets(cfg, device)
+    ddp_student = (nn.parallel.DistributedDataParallel(student, device_ids=[local] if on_gpu else None)
+                   if world > 1 else student)
+    n_views = len(view_cfg.views)
+    n_global = len(cfg["views"]["global_frames"])
+    lc = cfg["loss"]
+    loss_fn = SVTLoss(lc["out_dim"], n_global, n_views, lc["student_temp"], lc["teacher_temp"],
+                      lc["warmup_teacher_temp"], lc["warmup_teacher_temp_epochs"], oc["epochs"],
+                      lc["center_momentum"]).to(device)
+    optimizer = torch.optim.AdamW(param_groups(student))
+    precision, autocast = precision_context(pc["precision"], device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    iters = sampler.batches
+    total = oc["epochs"] * iters
+    lr_s = cosine_schedule(oc["lr"] * bs * world / 256.0, oc["min_lr"], oc["epochs"], iters,
+                           oc["warmup_epochs"])
+    wd_s = cosine_schedule(oc["weight_decay"], oc["weight_decay_end"], oc["epochs"], iters)
+    mom_s = cosine_schedule(oc["momentum_teacher"], 1.0, oc["epochs"], iters)
+
+    # resume
+    step, run_id = 0, None
+    last = ckpt.latest(ckpt_dir)
+    if last is not None:
+        state = ckpt.load(last, map_location=device)
+        student.load_state_dict(state["student"])
+        teacher.load_state_dict(state["teacher"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        loss_fn.load_state_dict(state["loss"])
+        step, run_id = state["step"], state["mlflow_run_id"]
+        ckpt.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        if main_rank:
+            print(f"resumed from {last} at step {step} (epoch {step // iters})", file=sys.stderr)
+
+    tracker = Tracker(args.tracking_uri, args.experiment, run_id=run_id,
+                      run_name=args.run_name, enabled=main_rank,
+                      tags={"svt.stage": "pretrain", "svt.out_dir": str(out_dir)})
+    if main_rank and run_id is None:
+        tracker.log_params(flatten(cfg))
+        if cfg["model"].get("init") not in (None, "none"):
+            tracker.set_tags({"svt.init_sha256": file_sha256(cfg["model"]["init"])})
+    run_id = tracker.run_id
+
+    def save(step_now: int) -> None:
+        rngs = [None] * world
+        if world > 1:
+            dist.all_gather_object(rngs, ckpt.rng_state())
+        else:
+            rngs = [ckpt.rng_state()]
+        if main_rank:
+            ckpt.save_atomic({
+                "student": student.state_dict(), "teacher": teacher.state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "loss": loss_fn.state_dict(), "step": step_now, "epoch": step_now // iters,
+                "sampler": {"epoch": step_now // iters, "batch": step_now % iters, "seed": oc["seed"]},
+                "rng": rngs, "config": cfg, "mlflow_run_id": run_id,
+            }, ckpt_dir / ckpt.LAST)
+
+    metrics_csv = out_dir / "metrics.csv"
+    fields = ["step", "epoch", "loss", "lr", "wd", "momentum", "teacher_temp", "teacher_entropy",
+              "grad_norm", "data_time", "step_time", "samples_per_s"]
+    if main_rank and not metrics_csv.exists():
+        with open(metrics_csv, "w", newline="") as f:
+            csv.writer(f).writerow(fields)
+
+    stop = StopFlag()
+    limit = min(total, args.max_steps) if args.max_steps else total
+    bar = tqdm(total=limit, initial=step, desc="pretrain", unit="step", disable=not main_rank,
+               file=sys.stderr) if main_rank and sys.stderr.isatty() else None
+    log_t = time.time()
+    preempted = False
+    while step < limit:
+        epoch, start_batch = divmod(step, iters)
+        sampler.set_epoch(epoch, start_batch)
+        dataset.set_epoch(epoch)
+        if isinstance(collate, AugmentCollate):
+            collate.epoch = epoch
+        t_end = time.perf_counter()
+        for batch in loader:
+            t_data = time.perf_counter() - t_end
+            it = step  # global iteration index into the schedules
+            # plain floats: numpy scalars in the optimiser state would not pass weights_only loading
+            apply_schedules(optimizer, float(lr_s[it]), float(wd_s[it]))
+            if on_gpu:  # uint8 to the GPU once; crops and jitter run there
+                clips = [c.to(device, non_blocking=True) for c in batch["clips"]]
+                g = torch.Generator().manual_seed(hash((oc["seed"], rank, it)) % 2**63)
+                views = augment.batch(clips, generator=g)
+            else:
+                views = [v.to(device) for v in batch["views"]]
+            with autocast():
+                teacher_out = teacher(views[:n_global])
+                student_out = ddp_student(views)
+                loss, stats = loss_fn(student_out.float(), teacher_out.float(), it / iters)
+            loss_sum, stop_votes = all_sum([loss.item(), float(stop.signal is not None)], device)
+            loss_value = loss_sum / world
+            if not math.isfinite(loss_value):
+                raise SystemExit(f"pretrain: loss is {loss_value} at step {it} (epoch {epoch}); "
+                                 f"stopping. Lower optim.lr or check the inputs; the last good "
+                                 f"checkpoint is {ckpt_dir / ckpt.LAST}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = clip_gradients(student, oc["clip_grad"])
+            cancel_last_layer_gradients(student.head, epoch, oc["freeze_last_layer"])
+            scaler.step(optimizer)
+            scaler.update()
+            update_teacher(student, teacher, float(mom_s[it]))
+            step += 1
+            if on_gpu and step % pc["log_every"] == 0:
+                torch.cuda.synchronize()
+            t_step = time.perf_counter() - t_end
+            t_end = time.perf_counter()
+
+            if main_rank and (step % pc["log_every"] == 0 or step == limit):
+                row = {"step": step, "epoch": it / iters, "loss": loss_value, "lr": lr_s[it],
+                       "wd": wd_s[it], "momentum": mom_s[it], "teacher_temp": stats["teacher_temp"],
+                       "teacher_entropy": stats["teacher_entropy"], "grad_norm": float(grad_norm),
+                       "data_time": t_data, "step_time": t_step,
+                       "samples_per_s": bs * world / max(t_step, 1e-9)}
+                with open(metrics_csv, "a", newline="") as f:
+                    csv.writer(f).writerow([row[k] for k in fields])
+                tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step)
+                if bar is None:
+                    print(f"step {step}/{limit} epoch {row['epoch']:.2f} loss {loss_value:.4f} "
+                          f"lr {row['lr']:.2e} data {t_data:.2f}s step {t_step:.2f}s "
+                          f"({time.time() - log_t:.0f}s)", file=sys.stderr, flush=True)
+            if bar is not None:
+                bar.update()
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+            end_of_epoch = step % iters == 0
+            if stop_votes > 0:
+                save(step)
+                if main_rank:
+                    print(f"pretrain: stop requested; saved step {step}, exiting with "
+                          f"{EXIT_PREEMPTED} to be resumed", file=sys.stderr, flush=True)
+                    tracker.finish("KILLED")
+                preempted = True
+                break
+            if end_of_epoch or step % pc["checkpoint_every"] == 0 or step == limit:
+                save(step)
+            if step >= limit or end_of_epoch:
+                break
+        if preempted:
+            break
+    if bar is not None:
+        bar.close()
+
+    if main_rank and not preempted:  # exports: the teacher backbone is the product of pretraining
+        ckpt.save_atomic({"state_dict": teacher.backbone.state_dict(), "model": cfg["model"],
+                          "step": step, "mlflow_run_id": run_id}, out_dir / "teacher_backbone.pth")
+        write_curves(metrics_csv, out_dir / "curves.png")
+        for name in ("config.yaml", "curves.png", "metrics.csv"):
+            tracker.log_artifact(out_dir / name)
+        tracker.set_tags({"svt.teacher_backbone": str(out_dir / "teacher_backbone.pth"),
+                          "svt.teacher_backbone_sha256": file_sha256(out_dir / "teacher_backbone.pth")})
+        tracker.finish()
+        (out_dir / "run.json").write_text(json.dumps({"mlflow_run_id": run_id, "steps": step}) + "\n")
+    if dist.is_initialized():
+        # Drop DDP's reducer while the process group is alive: freeing it afterwards, at
+        # return, deadlocks gloo's worker thread (it needs the GIL the main thread holds).
+        del ddp_student
+        dist.barrier()
+        dist.destroy_process_group()
+    return EXIT_PREEMPTED if preempted else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m svt.pretrain", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--manifest", type=Path, required=True, help="train manifest (svt.decode)")
+    ap.add_argument("--videos-root", type=Path, required=True, help="folder of the manifest's videos")
+    ap.add_argument("--config-json", required=True,
+                    help="model, views, augment, loss, optim and pretrain sections as JSON")
+    ap.add_argument("--out-dir", type=Path, required=True, help="exports: teacher backbone, curves")
+    ap.add_argument("--ckpt-dir", type=Path, required=True, help="resumable checkpoints")
+    ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (none: no tracking)")
+    ap.add_argument("--experiment", default="svt", help="MLflow experiment name")
+    ap.add_argument("--run-name", default="pretrain")
+    ap.add_argument("--max-steps", type=int, default=0,
+                    help="stop after this many steps in all (0: the whole schedule)")
+    return train(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""`python -m svt.pretrain` for real: tiny model, real decoded videos, real processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+from svt.decode import main as decode_main
+from svt.demo_data import generate
+from svt.index import main as index_main
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "model": {"patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0,
+              "qkv_bias": True, "drop_path_rate": 0.1, "img_size": 32, "num_frames": 4, "init": "none",
+              "pos_interp_spatial": "nearest", "pos_interp_temporal": "nearest",
+              "grad_checkpointing": False},
+    "views": {"global_frames": [2, 4], "global_size": 32, "global_span": 0.9,
+              "global_scale": [0.4, 1.0], "local_frames": [2, 2], "local_size": 16,
+              "local_span": 0.125, "local_scale": [0.05, 0.4], "aspect_ratio": [0.75, 1.3333]},
+    "augment": {"hflip": 0.0, "color_jitter": 0.8, "brightness": 0.4, "contrast": 0.4,
+                "saturation": 0.2, "hue": 0.1, "grayscale": 0.2, "blur": [1.0, 0.1, 0.5],
+                "solarize": 0.2, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    "loss": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "norm_last_layer": True,
+             "student_temp": 0.1, "teacher_temp": 0.04, "warmup_teacher_temp": 0.04,
+             "warmup_teacher_temp_epochs": 0, "center_momentum": 0.9},
+    "optim": {"epochs": 3, "warmup_epochs": 1, "batch_size_per_gpu": 2, "lr": 5e-4, "min_lr": 1e-6,
+              "weight_decay": 0.04, "weight_decay_end": 0.1, "momentum_teacher": 0.996,
+              "clip_grad": 3.0, "freeze_last_layer": 1, "seed": 0},
+    "pretrain": {"devices_per_node": 1, "num_workers": 0, "precision": "auto",
+                 "decoder": "torchcodec", "checkpoint_every": 1, "log_every": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """8 demo videos decoded to 32 px: a real train manifest."""
+    root = tmp_path_factory.mktemp("pre")
+    generate(root / "raw", seed=3, classes=2, groups=4, clips=1, frames=30, size=(64, 48), jobs=2,
+             progress=False)
+    assert index_main(["--format", "ucf101", "--root", str(root / "raw" / "videos"),
+                       "--annotations", str(root / "raw" / "splits"), "--out-dir", str(root)]) == 0
+    decode_main(["shard", "--index", str(root / "index.csv"), "--raw-root", str(root / "raw" / "videos"),
+                 "--videos-dir", str(root / "videos"), "--shard", "0", "--num-shards", "1",
+                 "--short-side", "36", "--jobs", "2", "--out", str(root / "all.csv")])
+    rows = list(csv.DictReader(open(root / "all.csv")))
+    for r in rows:
+        r["split"] = "train"  # pretraining uses every video
+    with open(root / "train.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def command(data, out, cfg=TINY, extra=(), launcher=(sys.executable, "-m", "svt.pretrain")):
+    return [*launcher, "--manifest", str(data / "train.csv"), "--videos-root", str(data / "videos"),
+            "--config-json", json.dumps(cfg), "--out-dir", str(out), "--ckpt-dir", str(out / "ckpt"),
+            "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--experiment", "test", *extra]
+
+
+def run(cmd, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, **kw)
+
+
+def metrics(out):
+    return list(csv.DictReader(open(out / "metrics.csv")))
+
+
+def test_trains_exports_and_logs(data, tmp_path):
+    res = run(command(data, tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = metrics(tmp_path)
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))  # 3 epochs x 4 batches of 2
+    assert all(float(r["loss"]) > 0 for r in rows)
+    assert float(rows[-1]["momentum"]) == pytest.approx(1.0)
+    exported = torch.load(tmp_path / "teacher_backbone.pth", weights_only=True)
+    assert exported["step"] == 12 and "pos_embed" in exported["state_dict"]
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    run_id = json.loads((tmp_path / "run.json").read_text())["mlflow_run_id"]
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_ = client.get_run(run_id)
+    assert run_.info.status == "FINISHED"
+    assert run_.data.params["optim.lr"] == "0.0005"
+    assert len(client.get_metric_history(run_id, "loss")) == 12
+    for key in ("lr", "wd", "momentum", "teacher_temp", "teacher_entropy", "grad_norm",
+                "data_time", "step_time", "samples_per_s"):
+        assert key in run_.data.metrics
+
+
+def test_resume_after_stop_is_identical_to_an_uninterrupted_run(data, tmp_path):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run(command(data, straight, extra=["--max-steps", "6"])).returncode == 0
+    assert run(command(data, stopped, extra=["--max-steps", "3"])).returncode == 0
+    res = run(command(data, stopped, extra=["--max-steps", "6"]))
+    assert res.returncode == 0 and "resumed from" in res.stderr and "at step 3" in res.stderr
+    a = torch.load(straight / "teacher_backbone.pth", weights_only=True)["state_dict"]
+    b = torch.load(stopped / "teacher_backbone.pth", weights_only=True)["state_dict"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert [int(r["step"]) for r in metrics(stopped)] == list(range(1, 7))
+    run_ids = {json.loads((d / "run.json").read_text())["mlflow_run_id"] for d in (stopped,)}
+    assert len(run_ids) == 1
+
+
+def test_sigterm_saves_and_exits_for_retry(data, tmp_path):
+    slow = json.loads(json.dumps(TINY))
+    slow["optim"]["epochs"] = 50
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command(data, tmp_path, cfg=slow), cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "ckpt" / "last.pth").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    state = torch.load(tmp_path / "ckpt" / "last.pth", weights_only=True)
+    done = int(metrics(tmp_path)[-1]["step"])
+    assert state["step"] == done > 0  # nothing after the last checkpoint was lost
+    assert f"saved step {done}" in err
+    res = run(command(data, tmp_path, cfg=slow, extra=["--max-steps", str(done + 2)]))
+    assert res.returncode == 0 and f"at step {done}" in res.stderr
+    assert [int(r["step"]) for r in metrics(tmp_path)] == list(range(1, done + 3))
+
+
+def test_non_finite_loss_stops_naming_the_step(data, tmp_path):
+    bad = json.loads(json.dumps(TINY))
+    bad["optim"].update(lr=1e30, clip_grad=0.0, warmup_epochs=0)
+    res = run(command(data, tmp_path, cfg=bad))
+    assert res.returncode != 0
+    assert "pretrain: loss is nan at step" in res.stderr or "pretrain: loss is inf at step" in res.stderr
+
+
+def test_two_process_ddp_on_gloo(data, tmp_path):
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "svt.pretrain")
+    res = run(command(data, tmp_path, launcher=launcher, extra=["--max-steps", "2"]))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [int(r["step"]) for r in metrics(tmp_path)] == [1, 2]  # 8 videos / (2 x 2) = 2 per epoch
+    state = torch.load(tmp_path / "ckpt" / "last.pth", weights_only=True)
+    assert len(state["rng"]) == 2  # both ranks' generators are saved
