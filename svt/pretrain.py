@@ -181,7 +181,6 @@ def train(args: argparse.Namespace) -> int:
     oc, pc = cfg["optim"], cfg["pretrain"]
     rank, world, local, device = init_distributed()
     main_rank = rank == 0
-    torch.manual_seed(oc["seed"] + rank)
     out_dir, ckpt_dir = Path(args.out_dir), Path(args.ckpt_dir)
     if main_rank:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -207,8 +206,12 @@ def train(args: argparse.Namespace) -> int:
         # would make a resumed run diverge from an uninterrupted one
         generator=torch.Generator().manual_seed(oc["seed"]))
 
-    # model, loss, optimiser, schedules
+    # model, loss, optimiser, schedules; every rank builds the same initial weights (DDP
+    # would broadcast the student, but nothing broadcasts the teacher), then each rank gets
+    # its own random stream (drop-path)
+    torch.manual_seed(oc["seed"])
     student, teacher = build_nets(cfg, device)
+    torch.manual_seed(oc["seed"] + 1 + rank)
     ddp_student = (nn.parallel.DistributedDataParallel(student, device_ids=[local] if on_gpu else None)
                    if world > 1 else student)
     n_views = len(view_cfg.views)
@@ -269,9 +272,17 @@ def train(args: argparse.Namespace) -> int:
     metrics_csv = out_dir / "metrics.csv"
     fields = ["step", "epoch", "loss", "lr", "wd", "momentum", "teacher_temp", "teacher_entropy",
               "grad_norm", "data_time", "step_time", "samples_per_s"]
-    if main_rank and not metrics_csv.exists():
+    if main_rank:
+        # Rows past the checkpoint were computed by a run that died before saving them: drop
+        # them, the resumed run logs those steps again.
+        kept = []
+        if metrics_csv.exists():
+            with open(metrics_csv, newline="") as f:
+                kept = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
         with open(metrics_csv, "w", newline="") as f:
-            csv.writer(f).writerow(fields)
+            w = csv.writer(f)
+            w.writerow(fields)
+            w.writerows([r[k] for k in fields] for r in kept)
 
     stop = StopFlag()
     limit = min(total, args.max_steps) if args.max_steps else total

@@ -36,6 +36,14 @@ def default_uri(results_dir: str | os.PathLike) -> str:
     return f"sqlite:///{Path(results_dir).absolute() / 'mlflow.db'}"
 
 
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of an embedded sqlite store live beside it (MLflow's default would be
+    ./mlruns in whatever folder the job happens to run in)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").absolute().as_uri()
+    return None
+
+
 def _rejected(err: Exception) -> bool:
     code = getattr(err, "error_code", "")
     return code in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS",
@@ -56,6 +64,7 @@ class Tracker:
             return
         from mlflow.tracking import MlflowClient
 
+        self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         if run_id is None:
             exp_id = self._call(self._experiment_id, experiment)
@@ -72,7 +81,7 @@ class Tracker:
         if exp is not None:
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name)
+            return self.client.create_experiment(name, artifact_location=artifact_location(self.uri))
         except Exception:  # created meanwhile by another process
             return self.client.get_experiment_by_name(name).experiment_id
 

@@ -364,3 +364,28 @@ def test_spatial_table_nearest_default_matches_posembed():
     m = tiny(img_size=64)
     with torch.no_grad():
         assert torch.equal(m.spatial_table((2, 3)), resample_spatial(m.pos_embed, (2, 3)))
+
+
+# ---------------------------------------------------------------- full-size layouts
+
+@pytest.mark.slow
+def test_full_size_vit_b16_layouts_load_without_unexpected_keys(tmp_path):
+    """The two foreign layouts users bring, at the paper's size (ViT-B/16, random values):
+    a timm ViT-B/16 image checkpoint and the official SVT release (teacher state dict with a
+    `backbone.` prefix and an 8-entry temporal table)."""
+    torch.manual_seed(0)
+    image = VisionTransformer(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
+                              num_classes=1000, global_pool="token", class_token=True, qkv_bias=True)
+    torch.save(image.state_dict(), tmp_path / "vit_base_patch16_224.pth")
+    del image
+    model = build_model(arch="vit_base", num_frames=16, drop_path_rate=0.0)
+    missing, unexpected = load_pretrained(model, tmp_path / "vit_base_patch16_224.pth")
+    assert unexpected == [] and missing == []
+
+    official = build_model(arch="vit_base", num_frames=8, drop_path_rate=0.0).state_dict()
+    torch.save({"teacher": {f"backbone.{k}": torch.randn_like(v) for k, v in official.items()}},
+               tmp_path / "kinetics400_vitb_ssl.pth")
+    del official
+    missing, unexpected = load_pretrained(model, tmp_path / "kinetics400_vitb_ssl.pth")
+    assert unexpected == [] and missing == []
+    assert model.time_embed.shape == (1, 16, 768)

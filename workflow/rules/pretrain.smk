@@ -14,9 +14,9 @@ rule pretrain:
         run=f"{pretrain_dir()}/run.json",
     params:
         cfg=pretrain_config_json(),
-        videos=lambda wc: f"{data_dir(config['data']['pretrain'])}/videos",
-        out_dir=pretrain_dir(),
-        ckpt_dir=f"{pretrain_dir()}/checkpoints",
+        videos=lambda wc, input: Path(input.manifest).parent.parent / "videos",
+        out_dir=lambda wc, output: Path(output.backbone).parent,
+        ckpt_dir=lambda wc, output: Path(output.backbone).parent / "checkpoints",
         launcher=launcher(),
         uri=tracking_uri(),
         experiment=tracking_experiment(),
