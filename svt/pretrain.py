@@ -163,7 +163,7 @@ def write_curves(metrics_csv: Path, out_png: Path) -> None:
     step = [int(r["step"]) for r in rows]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
     for ax, keys, title in zip(axes, (["loss"], ["lr"], ["teacher_entropy"], ["momentum", "wd"]),
-                               ("SVT loss", "learning rate", "teacher entropy (collapse: -> 0)",
+                               ("SVT loss", "learning rate", "teacher entropy (collapse: -> 0 or -> ln K)",
                                 "teacher momentum / weight decay")):
         for k in keys:
             ax.plot(step, [float(r[k]) for r in rows], label=k)

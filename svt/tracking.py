@@ -17,6 +17,9 @@ from typing import Any, Callable, Mapping
 log = logging.getLogger("svt.tracking")
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline clusters: no phoning home
+# MLflow's own HTTP retries back off for minutes; ours (below) are short and then give up.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -104,6 +107,8 @@ class Tracker:
                 time.sleep(self.backoff_s * 2**attempt)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
@@ -111,6 +116,8 @@ class Tracker:
             self._call(self.client.log_batch, self.run_id, params=items[i:i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if not self.enabled:
+            return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -118,11 +125,17 @@ class Tracker:
         self._call(self.client.log_batch, self.run_id, metrics=items)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
+        if not self.enabled:
+            return
         for k, v in tags.items():
             self._call(self.client.set_tag, self.run_id, k, str(v))
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        if not self.enabled:
+            return
         self._call(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def finish(self, status: str = "FINISHED") -> None:
+        if not self.enabled:
+            return
         self._call(self.client.set_terminated, self.run_id, status)

@@ -203,3 +203,16 @@ def test_two_process_ddp_on_gloo_matches_one_process(data, tmp_path):
         assert float(rb["lr"]) == pytest.approx(float(ra["lr"]), rel=1e-9)
     state = torch.load(tmp_path / "two" / "ckpt" / "last.pth", weights_only=True)
     assert len(state["rng"]) == 2  # both ranks' generators are saved
+
+
+def test_unreachable_tracking_server_never_stops_training(data, tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = command(data, tmp_path, extra=["--max-steps", "2"])
+    cmd[cmd.index("--tracking-uri") + 1] = f"http://127.0.0.1:{port}"
+    res = run(cmd)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "MLflow unavailable" in res.stderr
+    assert (tmp_path / "teacher_backbone.pth").exists()
