@@ -1,4 +1,4 @@
-# svt-workflow: raw videos -> decoded manifests -> SVT pretraining -> (evaluation: next stage).
+# svt-workflow: raw videos -> decoded manifests -> SVT pretraining -> slow-fast evaluation.
 # Run from the repository root:  snakemake --cores all [--configfile config/demo.yaml]
 from snakemake.utils import min_version, validate
 
@@ -24,10 +24,12 @@ wildcard_constraints:
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
     input:
         data_outputs,
         rules.pretrain.output.backbone,
+        evaluate_outputs,
     default_target: True

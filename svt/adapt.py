@@ -2,7 +2,8 @@
 
     python -m svt.adapt --backbone teacher_backbone.pth --out adapted.pth \
         --geometry slow=8x224 --geometry fast=64x96
-    python -m svt.adapt --backbone kinetics400_vitb_ssl.pth --model-json '{"arch": "vit_base", "num_frames": 8}' ...
+    python -m svt.adapt --backbone kinetics400_vitb_ssl.pth \
+        --model-json '{"arch": "vit_base", "num_frames": 8}' --out ... --geometry ...
     python -m svt.adapt --random-init --backbone teacher_backbone.pth ...   # baseline, same architecture
 
 The backbone may be our exported teacher (its model config is stored in the file), the

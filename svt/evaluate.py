@@ -98,9 +98,9 @@ def _torch_load(path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def model_config_of(path) -> dict | None:
+def model_config_of(path_or_obj) -> dict | None:
     """The ``model`` config stored in one of our checkpoints (teacher_backbone.pth, adapted)."""
-    obj = _torch_load(path)
+    obj = path_or_obj if isinstance(path_or_obj, dict) else _torch_load(path_or_obj)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and \
             not any(torch.is_tensor(v) for v in obj["model"].values()):
         return dict(obj["model"])
@@ -132,7 +132,8 @@ def adapt_backbone(geometries: Sequence[Geometry], backbone: str | os.PathLike |
         raise ValueError(f"geometry names repeat: {names}")
     if backbone is None and not random_init:
         raise ValueError("give a backbone checkpoint, or random_init with a model config")
-    cfg = dict(model_config_of(backbone) or {}) if backbone is not None else {}
+    ckpt = _torch_load(backbone) if backbone is not None else None
+    cfg = dict(model_config_of(ckpt) or {}) if isinstance(ckpt, dict) else {}
     cfg.update(model_cfg or {})
     if not cfg:
         raise ValueError(
@@ -149,9 +150,9 @@ def adapt_backbone(geometries: Sequence[Geometry], backbone: str | os.PathLike |
         if missing:
             raise ValueError(f"{backbone}: the checkpoint lacks {len(missing)} backbone tensors "
                              f"({missing[:6]}...); wrong --model-json?")
-        obj = _torch_load(backbone)
-        if isinstance(obj, dict):
-            run_id = obj.get("mlflow_run_id")
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("mlflow_run_id"), str):
+            run_id = ckpt["mlflow_run_id"]
+        del ckpt
         source.update(path=str(backbone), sha256=file_sha256(backbone),
                       unexpected_keys=list(unexpected))
     model.eval()

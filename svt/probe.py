@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--experiment", default="svt")
     tr.add_argument("--run-id", default=None, help="existing run to log into (default: the "
                     "backbone's pretraining run, when recorded)")
+    tr.add_argument("--run-json", type=Path, default=None,
+                    help="run.json written by svt.pretrain: log into the run it names")
     tr.add_argument("--prefix", default="pretrained", help="metric prefix, e.g. random | pretrained")
     tb = ap.add_argument_group("comparison table (--table)")
     tb.add_argument("--table", action="append", metavar="ROW=metrics.json",
@@ -144,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     table = ev.format_results(metrics)
     (a.out_dir / "results.md").write_text(table + "\n")
     print(table)
+    if a.run_json and not a.run_id:
+        a.run_id = json.loads(a.run_json.read_text()).get("mlflow_run_id")
     run_id = a.run_id or recorded_run
     if a.tracking_uri and not run_id:
         print("svt.probe: no MLflow run id given or recorded; not logged", file=sys.stderr)

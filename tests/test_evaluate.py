@@ -273,7 +273,8 @@ def test_features_shapes_for_any_geometry(adapted, teacher, videos, tmp_path, cl
         assert features.main(["--backbone", str(adapted), "--geometry", name,
                               "--manifest", str(videos["test"]), "--videos-root", str(videos["root"]),
                               "--out", str(outs[name]), "--clips", str(clips), "--crops", "3",
-                              "--batch-size", "4", "--device", "auto"]) == 0
+                              "--batch-size", "4", "--device", "auto",
+                              "--num-workers", str(clips - 1)]) == 0
     rows = videos["rows"]["test"]
     for name, (t, s) in {"slow": (4, 32), "fast": (8, 16)}.items():
         f = ev.load_features(outs[name])
@@ -434,7 +435,8 @@ def test_probe_logs_into_an_existing_mlflow_run(tmp_path):
     got = client.get_run(run.info.run_id)
     metrics = got.data.metrics
     want = json.loads((tmp_path / "p" / "metrics.json").read_text())
-    assert metrics["eval/pretrained/slow_fast/linear_top1"] == pytest.approx(want["slow_fast"]["linear"]["top1"])
+    assert metrics["eval/pretrained/slow_fast/linear_top1"] == \
+        pytest.approx(want["slow_fast"]["linear"]["top1"])
     assert metrics["eval/random/slow/knn_top5"] == pytest.approx(want["slow"]["knn"]["top5"])
     assert got.info.status == "FINISHED"
     for prefix in ("random", "pretrained"):

@@ -169,3 +169,86 @@ def launcher() -> str:
     """One process per device: torchrun for several, plain python for one."""
     n = config["pretrain"]["devices_per_node"]
     return f"torchrun --standalone --nproc-per-node {n}" if n > 1 else "python"
+
+
+# ---- evaluation -------------------------------------------------------------------------
+
+PROBE_KEYS = ("probe_epochs", "probe_lr", "probe_batch_size", "probe_momentum", "knn_k",
+              "knn_temperature", "combine")
+
+
+def backbone_kinds() -> list[str]:
+    """What gets evaluated side by side: the pretrained (or imported) backbone and, as the
+    baseline, the same architecture with random weights."""
+    main = "imported" if config["evaluate"]["backbone"] else "pretrained"
+    return [main, "random"] if config["evaluate"]["random_baseline"] else [main]
+
+
+def features_hash() -> str:
+    """What the cached features depend on (not the probe settings: changing those must not
+    re-extract features)."""
+    ev = config["evaluate"]
+    source = ev["backbone"] or pretrain_hash()
+    return stage_hash({
+        "backbone": source, "model": config["model"], "seed": config["optim"]["seed"],
+        "data": {d: data_hash(d) for d in config["data"]["evaluate"]},
+        "views": {k: v for k, v in ev.items() if k not in PROBE_KEYS},
+    })
+
+
+def evaluate_dir() -> str:
+    return f"{RESULTS}/evaluate/{features_hash()}"
+
+
+def probe_hash() -> str:
+    return stage_hash({k: config["evaluate"][k] for k in PROBE_KEYS})
+
+
+def geometries() -> list[str]:
+    ev = config["evaluate"]
+    return ["--geometry", f"slow={ev['slow_frames']}x{ev['slow_size']}",
+            "--geometry", f"fast={ev['fast_frames']}x{ev['fast_size']}"]
+
+
+def adapt_inputs(wildcards) -> dict:
+    if wildcards.kind == "pretrained":
+        return {"backbone": rules.pretrain.output.backbone}
+    if wildcards.kind == "imported":
+        return {"backbone": config["evaluate"]["backbone"]}
+    return {}
+
+
+def adapt_args(wildcards, input) -> str:
+    model = json.dumps({k: v for k, v in config["model"].items() if k != "init"}, sort_keys=True)
+    if wildcards.kind == "random":
+        args = ["--random-init", "--seed", str(config["optim"]["seed"]), "--model-json", model]
+    else:
+        args = ["--backbone", input.backbone]
+        if wildcards.kind == "imported":
+            args += ["--model-json", model]
+    return shlex.join(args + geometries())
+
+
+def eval_test_split(name: str) -> str:
+    splits = dataset_index(name).splits()
+    return "test" if "test" in splits else "val"
+
+
+def features_manifest(wildcards) -> str:
+    split = "train" if wildcards.split == "train" else eval_test_split(wildcards.dataset)
+    return f"{data_dir(wildcards.dataset)}/manifest/{split}.csv"
+
+
+def probe_features(wildcards) -> dict:
+    base = f"{evaluate_dir()}/{wildcards.kind}/{wildcards.dataset}"
+    return {f"{split}_{geom}": f"{base}/{split}_{geom}.pt"
+            for split in ("train", "test") for geom in ("slow", "fast")}
+
+
+def run_json_args(wildcards, input) -> str:
+    """Evaluation metrics go to the MLflow run that produced the backbone."""
+    return shlex.join(["--run-json", input.run]) if input.run else ""
+
+
+def evaluate_outputs(wildcards=None) -> list[str]:
+    return [f"{evaluate_dir()}/probe-{probe_hash()}/table.md"]

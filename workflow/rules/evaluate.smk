@@ -1,0 +1,110 @@
+# Evaluation stage: frozen backbones -> slow and fast features per split -> linear probe + kNN.
+# <results>/<experiment>/evaluate/<hash of backbone + geometry + data>/<kind>/<dataset>/...
+# Features are cached per split and view; the probe lives in probe-<hash of probe settings>/,
+# so changing a probe setting reruns only the probe.
+
+EVAL = evaluate_dir()
+EVAL_LOGS = f"{LOGS}/evaluate/{features_hash()}"
+
+
+rule adapt:
+    """Prepare a backbone for each evaluation geometry (positional tables resampled)."""
+    input:
+        unpack(adapt_inputs),
+    output:
+        f"{EVAL}/{{kind}}/adapted.pth",
+    params:
+        args=adapt_args,
+        code=source_hash("adapt", "evaluate", "model", "posembed"),
+    log:
+        f"{EVAL_LOGS}/{{kind}}/adapt.log",
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "python -m svt.adapt {params.args} --out {output:q} > {log:q} 2>&1"
+
+
+rule features:
+    """CLS features of the frozen backbone for one split and view (clips x crops averaged)."""
+    input:
+        backbone=f"{EVAL}/{{kind}}/adapted.pth",
+        manifest=features_manifest,
+    output:
+        f"{EVAL}/{{kind}}/{{dataset}}/{{split}}_{{geom}}.pt",
+    params:
+        videos=lambda wc, input: Path(input.manifest).parent.parent / "videos",
+        clips=config["evaluate"]["clips"],
+        crops=config["evaluate"]["crops"],
+        decoder=config["pretrain"]["decoder"],
+        code=source_hash("features", "evaluate", "model", "loader"),
+    wildcard_constraints:
+        split="train|test",
+        geom="slow|fast",
+    threads: 2
+    resources:
+        mem_mb=8192,
+        runtime=6 * 60,
+    log:
+        f"{EVAL_LOGS}/{{kind}}/{{dataset}}/features-{{split}}-{{geom}}.log",
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "python -m svt.features --backbone {input.backbone:q} --geometry {wildcards.geom}"
+        " --manifest {input.manifest:q} --videos-root {params.videos:q} --out {output:q}"
+        " --clips {params.clips} --crops {params.crops} --num-workers {threads}"
+        " --decoder {params.decoder} > {log:q} 2>&1"
+
+
+rule probe:
+    """Linear probe and kNN: slow, fast and slow-fast; metrics.json and confusion matrices."""
+    input:
+        unpack(probe_features),
+        classes=lambda wc: f"{data_dir(wc.dataset)}/classes.txt",
+        run=lambda wc: rules.pretrain.output.run if not config["evaluate"]["backbone"] else [],
+    output:
+        metrics=f"{EVAL}/{{kind}}/{{dataset}}/probe-{{phash}}/metrics.json",
+        confusion=report(f"{EVAL}/{{kind}}/{{dataset}}/probe-{{phash}}/confusion_slow_fast.png",
+                         category="evaluation"),
+    params:
+        out_dir=lambda wc, output: Path(output.metrics).parent,
+        ev=config["evaluate"],
+        seed=config["optim"]["seed"],
+        uri=tracking_uri(),
+        experiment=tracking_experiment(),
+        run=run_json_args,
+        code=source_hash("probe", "evaluate"),
+    log:
+        f"{EVAL_LOGS}/{{kind}}/{{dataset}}/probe-{{phash}}.log",
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "python -m svt.probe --train slow={input.train_slow:q} --train fast={input.train_fast:q}"
+        " --test slow={input.test_slow:q} --test fast={input.test_fast:q} --classes {input.classes:q}"
+        " --out-dir {params.out_dir:q} --epochs {params.ev[probe_epochs]} --lr {params.ev[probe_lr]}"
+        " --batch-size {params.ev[probe_batch_size]} --momentum {params.ev[probe_momentum]}"
+        " --combine {params.ev[combine]} --knn-k {params.ev[knn_k]}"
+        " --knn-temperature {params.ev[knn_temperature]} --seed {params.seed}"
+        " --tracking-uri {params.uri:q} --experiment {params.experiment:q} {params.run}"
+        " --prefix {wildcards.kind}/{wildcards.dataset} > {log:q} 2>&1"
+
+
+rule eval_table:
+    """The final side-by-side table: backbones x (slow, fast, slow-fast), per dataset."""
+    input:
+        unpack(
+            lambda wc: {
+                f"{kind}-{d}": f"{EVAL}/{kind}/{d}/probe-{wc.phash}/metrics.json"
+                for kind in backbone_kinds()
+                for d in config["data"]["evaluate"]
+            }
+        ),
+    output:
+        report(f"{EVAL}/probe-{{phash}}/table.md", category="evaluation"),
+    params:
+        rows=lambda wc, input: shlex.join(f"--table={name}={path}" for name, path in input.items()),
+    log:
+        f"{EVAL_LOGS}/table-{{phash}}.log",
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "python -m svt.probe {params.rows} --table-out {output:q} > {log:q} 2>&1"
