@@ -107,4 +107,4 @@ rule eval_table:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m svt.probe {params.rows} --table-out {output:q} > {log:q} 2>&1"
+        "python -m svt.probe {params.rows} --table-out {output:q} 2>&1 | tee {log:q}"
