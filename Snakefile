@@ -1,4 +1,4 @@
-# svt-workflow: raw videos -> decoded manifests -> SVT pretraining -> slow-fast evaluation.
+# svt-workflow: raw videos -> decoded manifests -> FFT curation -> SVT pretraining -> slow-fast evaluation.
 # Run from the repository root:  snakemake --cores all [--configfile config/demo.yaml]
 from snakemake.utils import min_version, validate
 
@@ -23,6 +23,7 @@ wildcard_constraints:
 
 
 include: "workflow/rules/data.smk"
+include: "workflow/rules/curate.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
 
@@ -30,6 +31,7 @@ include: "workflow/rules/evaluate.smk"
 rule all:
     input:
         data_outputs,
-        rules.pretrain.output.backbone,
+        curate_outputs,
+        pretrain_outputs,
         evaluate_outputs,
     default_target: True

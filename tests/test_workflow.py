@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,41 @@ def test_bad_config_stops_before_any_job(demo, tmp_path, case):
 def test_lint_is_clean(tmp_path):
     res = snakemake(tmp_path, "--lint")
     assert "Congratulations, your workflow is in a good condition!" in res.stdout + res.stderr
+
+
+def test_whole_pipeline_and_probe_change_reruns_only_the_probe(demo, tmp_path):
+    """data -> curate -> pretrain -> evaluate on a tiny model; then a changed probe setting
+    reruns the probe and the table, not feature extraction (features are cached)."""
+    cfg = {
+        "experiment": "t",
+        "data": {"pretrain": "demo", "evaluate": ["demo"], "extra": [],
+                 "datasets": {"demo": {"format": "ucf101", "root": str(demo / "videos"),
+                                       "annotations": str(demo / "splits")}}},
+        "decode": {"short_side": 36, "shards": 1, "threads": 2},
+        "model": {"embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 32, "num_frames": 4,
+                  "drop_path_rate": 0.0},
+        "views": {"global_frames": [2, 4], "global_size": 32, "local_frames": [2, 2], "local_size": 16},
+        "augment": {"hflip": 0.0},
+        "loss": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16},
+        "optim": {"epochs": 2, "warmup_epochs": 1, "batch_size_per_gpu": 4},
+        "pretrain": {"devices_per_node": 1, "num_workers": 0, "checkpoint_every": 2, "log_every": 1},
+        "evaluate": {"slow_frames": 4, "slow_size": 32, "fast_frames": 8, "fast_size": 16,
+                     "crops": 1, "probe_epochs": 5, "probe_batch_size": 4},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, "--configfile", str(path))
+    out = tmp_path / "results" / "t"
+    (table,) = out.glob("evaluate/*/probe-*/table.md")
+    text = table.read_text()
+    assert "| pretrained-demo |" in text and "| random-demo |" in text
+    assert "| pretrained-demo |" in res.stdout + res.stderr  # printed at the end of the run
+    (summary,) = out.glob("curate/*/summary.json")
+    assert json.loads(summary.read_text())
+    assert len(list(out.glob("evaluate/*/*/demo/*.pt"))) == 8  # 2 backbones x 2 splits x 2 views
+
+    cfg["evaluate"]["probe_lr"] = 0.01
+    path.write_text(yaml.safe_dump(cfg))
+    dry = snakemake(tmp_path, "--configfile", str(path), "-n")
+    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", dry.stdout + dry.stderr, re.M))
+    assert stats == {"probe": "2", "eval_table": "1", "all": "1", "total": "4"}, stats

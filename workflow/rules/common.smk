@@ -137,6 +137,50 @@ def data_outputs(wildcards=None) -> list[str]:
     return out
 
 
+# ---- curation ---------------------------------------------------------------------------
+
+
+def curate_datasets() -> list[str]:
+    d = config["data"]
+    return list(dict.fromkeys([d["pretrain"], *d["evaluate"]]))
+
+
+def curate_hash() -> str:
+    return stage_hash({"data": {n: data_hash(n) for n in curate_datasets()},
+                       "curate": config["curate"], "pretrain": config["data"]["pretrain"]})
+
+
+def curate_dir() -> str:
+    return f"{RESULTS}/curate/{curate_hash()}"
+
+
+def curate_manifests(wildcards=None) -> dict:
+    """Every split the checks look at: the pretraining split and the evaluation splits."""
+    out = {f"{config['data']['pretrain']}/train": f"{data_dir(config['data']['pretrain'])}/manifest/train.csv"}
+    for name in config["data"]["evaluate"]:
+        for split in dataset_index(name).splits():
+            out[f"{name}/{split}"] = f"{data_dir(name)}/manifest/{split}.csv"
+    return out
+
+
+def curate_args(wildcards, input) -> str:
+    c = config["curate"]
+    args = []
+    for name, path in input.items():
+        args += ["--manifest", f"{name}={path}"]
+    for ds in curate_datasets():
+        args += ["--videos-root", f"{ds}={data_dir(ds)}/videos"]
+    args += ["--pretrain", f"{config['data']['pretrain']}/train",
+             "--motion-threshold", str(c["motion_threshold"]),
+             "--duplicate-threshold", str(c["duplicate_threshold"]),
+             "--sample-fps", str(c["sample_fps"]), "--size", str(c["size"]),
+             "--static", "on" if c["static"] else "off",
+             "--duplicates", "on" if c["duplicates"] else "off",
+             "--decoder", config["pretrain"]["decoder"],
+             "--tracking-uri", tracking_uri(), "--experiment", tracking_experiment()]
+    return shlex.join(args)
+
+
 # ---- pretraining ------------------------------------------------------------------------
 
 PRETRAIN_SECTIONS = ("model", "views", "augment", "loss", "optim")
@@ -145,7 +189,15 @@ PRETRAIN_SECTIONS = ("model", "views", "augment", "loss", "optim")
 def pretrain_hash() -> str:
     """Everything the trained weights depend on: the data and the recipe, not the runtime."""
     cfg = {k: config[k] for k in PRETRAIN_SECTIONS}
-    return stage_hash({"data": data_hash(config["data"]["pretrain"]), **cfg})
+    data = curate_hash() if config["curate"]["enabled"] else data_hash(config["data"]["pretrain"])
+    return stage_hash({"data": data, **cfg})
+
+
+def pretrain_manifest(wildcards=None) -> str:
+    """The curated manifest (static clips left out) or the decoded train manifest."""
+    if config["curate"]["enabled"]:
+        return f"{curate_dir()}/pretrain_manifest.csv"
+    return f"{data_dir(config['data']['pretrain'])}/manifest/train.csv"
 
 
 def pretrain_dir() -> str:
@@ -252,3 +304,12 @@ def run_json_args(wildcards, input) -> str:
 
 def evaluate_outputs(wildcards=None) -> list[str]:
     return [f"{evaluate_dir()}/probe-{probe_hash()}/table.md"]
+
+
+def pretrain_outputs(wildcards=None) -> list[str]:
+    """Nothing to pretrain when an imported checkpoint is evaluated instead."""
+    return [] if config["evaluate"]["backbone"] else [f"{pretrain_dir()}/teacher_backbone.pth"]
+
+
+def curate_outputs(wildcards=None) -> list[str]:
+    return [f"{curate_dir()}/summary.json"] if config["curate"]["enabled"] else []

@@ -1,4 +1,4 @@
-# Pretraining stage: the train manifest of data.pretrain -> an exported teacher backbone.
+# Pretraining stage: the (curated) train manifest of data.pretrain -> an exported teacher backbone.
 # Outputs: <results>/<experiment>/pretrain/<dataset>-<hash of data + recipe>/. The checkpoints/
 # folder inside is deliberately not an output: Snakemake deletes the outputs of failed jobs,
 # and a killed job must resume from its checkpoints on retry.
@@ -7,14 +7,14 @@
 rule pretrain:
     """Self-distillation of the SVT student/teacher; resumes from checkpoints/last.pth."""
     input:
-        manifest=lambda wc: f"{data_dir(config['data']['pretrain'])}/manifest/train.csv",
+        manifest=pretrain_manifest,
     output:
         backbone=f"{pretrain_dir()}/teacher_backbone.pth",
         curves=report(f"{pretrain_dir()}/curves.png", category="pretraining"),
         run=f"{pretrain_dir()}/run.json",
     params:
         cfg=pretrain_config_json(),
-        videos=lambda wc, input: Path(input.manifest).parent.parent / "videos",
+        videos=lambda wc: f"{data_dir(config['data']['pretrain'])}/videos",
         out_dir=lambda wc, output: Path(output.backbone).parent,
         ckpt_dir=lambda wc, output: Path(output.backbone).parent / "checkpoints",
         launcher=launcher(),
