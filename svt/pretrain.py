@@ -149,6 +149,27 @@ def build_nets(cfg: dict, device: torch.device) -> tuple[MultiViewModel, MultiVi
     return student.to(device), teacher.to(device)
 
 
+def knn_monitor(backbone: nn.Module, args: argparse.Namespace, cfg: dict,
+                device: torch.device) -> dict[str, float]:
+    """kNN top-1/top-5 of the teacher's CLS features on an evaluation split: a cheap signal of
+    whether pretraining learns anything useful (DINO-style monitor)."""
+    from svt.evaluate import extract_features, knn_accuracy
+
+    frames, size = cfg["views"]["global_frames"][0], cfg["views"]["global_size"]
+    was_training = backbone.training
+    with torch.no_grad():
+        train = extract_features(backbone, args.knn_train, args.knn_videos_root, size, frames,
+                                 crops=1, decoder=cfg["pretrain"]["decoder"], device=device,
+                                 progress=False)
+        test = extract_features(backbone, args.knn_test, args.knn_videos_root, size, frames,
+                                crops=1, decoder=cfg["pretrain"]["decoder"], device=device,
+                                progress=False)
+    backbone.train(was_training)
+    classes = int(max(train["labels"].max(), test["labels"].max())) + 1
+    acc = knn_accuracy(train["features"], train["labels"], test["features"], test["labels"], classes)
+    return {"knn_top1": acc["top1"], "knn_top5": acc["top5"]}
+
+
 def write_curves(metrics_csv: Path, out_png: Path) -> None:
     """Loss and schedule curves from metrics.csv (people would rather look than read)."""
     import matplotlib
@@ -359,6 +380,15 @@ def train(args: argparse.Namespace) -> int:
                 break
             if end_of_epoch or step % pc["checkpoint_every"] == 0 or step == limit:
                 save(step)
+            if args.knn_every and args.knn_train and (end_of_epoch or step == limit) and (
+                    (step // iters) % args.knn_every == 0 or step == limit):
+                if main_rank:
+                    knn = knn_monitor(teacher.backbone, args, cfg, device)
+                    tracker.log_metrics(knn, step)
+                    print(f"step {step}: kNN top-1 {100 * knn['knn_top1']:.1f}% "
+                          f"top-5 {100 * knn['knn_top5']:.1f}%", file=sys.stderr, flush=True)
+                if dist.is_initialized():
+                    dist.barrier()
             if step >= limit or end_of_epoch:
                 break
         if preempted:
@@ -397,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (none: no tracking)")
     ap.add_argument("--experiment", default="svt", help="MLflow experiment name")
     ap.add_argument("--run-name", default="pretrain")
+    ap.add_argument("--knn-train", type=Path, default=None,
+                    help="kNN monitor: manifest whose videos are the neighbours (e.g. UCF101 train)")
+    ap.add_argument("--knn-test", type=Path, default=None, help="kNN monitor: manifest to classify")
+    ap.add_argument("--knn-videos-root", type=Path, default=None, help="folder of both manifests' videos")
+    ap.add_argument("--knn-every", type=int, default=0, help="kNN monitor every N epochs (0: off)")
     ap.add_argument("--max-steps", type=int, default=0,
                     help="stop after this many steps in all (0: the whole schedule)")
     return train(ap.parse_args(argv))

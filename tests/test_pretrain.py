@@ -216,3 +216,15 @@ def test_unreachable_tracking_server_never_stops_training(data, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "MLflow unavailable" in res.stderr
     assert (tmp_path / "teacher_backbone.pth").exists()
+
+
+def test_knn_monitor_logs_accuracy_at_epoch_ends(data, tmp_path):
+    res = run(command(data, tmp_path, extra=[
+        "--max-steps", "8", "--knn-every", "1", "--knn-train", str(data / "all.csv"),
+        "--knn-test", str(data / "all.csv"), "--knn-videos-root", str(data / "videos")]))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stderr.count("kNN top-1") == 2  # epochs 1 and 2 (4 steps each)
+    from mlflow.tracking import MlflowClient
+    run_id = json.loads((tmp_path / "run.json").read_text())["mlflow_run_id"]
+    history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(run_id, "knn_top1")
+    assert [m.step for m in history] == [4, 8] and all(0 <= m.value <= 1 for m in history)

@@ -313,3 +313,21 @@ def pretrain_outputs(wildcards=None) -> list[str]:
 
 def curate_outputs(wildcards=None) -> list[str]:
     return [f"{curate_dir()}/summary.json"] if config["curate"]["enabled"] else []
+
+
+def knn_monitor_inputs(wildcards=None) -> dict:
+    """The first evaluation dataset's train and test manifests, for the kNN monitor."""
+    if not config["pretrain"]["knn_every"] or not config["data"]["evaluate"]:
+        return {}
+    name = config["data"]["evaluate"][0]
+    d = data_dir(name)
+    return {"knn_train": f"{d}/manifest/train.csv",
+            "knn_test": f"{d}/manifest/{eval_test_split(name)}.csv"}
+
+
+def knn_args(wildcards, input) -> str:
+    if "knn_train" not in input.keys():
+        return ""
+    return shlex.join(["--knn-train", input.knn_train, "--knn-test", input.knn_test,
+                       "--knn-videos-root", str(Path(input.knn_train).parent.parent / "videos"),
+                       "--knn-every", str(config["pretrain"]["knn_every"])])

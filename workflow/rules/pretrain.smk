@@ -7,6 +7,7 @@
 rule pretrain:
     """Self-distillation of the SVT student/teacher; resumes from checkpoints/last.pth."""
     input:
+        unpack(knn_monitor_inputs),
         manifest=pretrain_manifest,
     output:
         backbone=f"{pretrain_dir()}/teacher_backbone.pth",
@@ -18,9 +19,11 @@ rule pretrain:
         out_dir=lambda wc, output: Path(output.backbone).parent,
         ckpt_dir=lambda wc, output: Path(output.backbone).parent / "checkpoints",
         launcher=launcher(),
+        knn=knn_args,
         uri=tracking_uri(),
         experiment=tracking_experiment(),
-        code=source_hash("pretrain", "model", "posembed", "views", "loss", "loader", "checkpoint"),
+        code=source_hash("pretrain", "model", "posembed", "views", "loss", "loader", "checkpoint",
+                         "evaluate"),
     threads: config["pretrain"]["devices_per_node"] * (config["pretrain"]["num_workers"] + 1)
     resources:
         mem_mb=lambda wc, threads: 4096 * threads,
@@ -33,4 +36,5 @@ rule pretrain:
     shell:
         "{params.launcher} -m svt.pretrain --manifest {input.manifest:q} --videos-root {params.videos:q}"
         " --config-json {params.cfg:q} --out-dir {params.out_dir:q} --ckpt-dir {params.ckpt_dir:q}"
-        " --tracking-uri {params.uri:q} --experiment {params.experiment:q} >> {log:q} 2>&1"
+        " --tracking-uri {params.uri:q} --experiment {params.experiment:q} {params.knn}"
+        " >> {log:q} 2>&1"
