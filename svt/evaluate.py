@@ -636,22 +636,6 @@ def log_to_mlflow(metrics: Mapping, out_dir, tracking_uri: str | None, run_id: s
 # --------------------------------------------------------------------------- online probe
 
 
-class _AugmentCollate:
-    """Training-time views in the DataLoader workers, seeded per (seed, epoch, video)."""
-
-    def __init__(self, augment, seed: int):
-        self.augment, self.seed, self.epoch = augment, int(seed), 0
-
-    def __call__(self, batch: list[dict]) -> dict:
-        per_sample = []
-        for item in batch:
-            g = torch.Generator().manual_seed(
-                int(np.random.SeedSequence([self.seed, self.epoch, item["index"]]).generate_state(1)[0]))
-            per_sample.append(self.augment(item["clips"], generator=g))
-        return {"views": [torch.stack(v) for v in zip(*per_sample)],
-                "label": torch.tensor([b["label"] for b in batch], dtype=torch.long)}
-
-
 def train_online(adapted: Mapping, geometries: Sequence[str], train_manifest, test_manifest,
                  videos_root, class_names: Sequence[str], cfg: ProbeConfig = ProbeConfig(),
                  combine_how: str = "mean", clips: int = 1, crops: int = 3,
@@ -663,7 +647,7 @@ def train_online(adapted: Mapping, geometries: Sequence[str], train_manifest, te
     optional flip; one decode per video for all geometries), one head per setting (each
     geometry, and the combination). Tested on the deterministic clips x crops views.
     Returns {setting: {"linear": metrics}} (no kNN: that needs fixed training features)."""
-    from svt.views import SVTAugment, SVTClipSampler, ViewConfig, ViewSpec
+    from svt.views import AugmentCollate, SVTAugment, SVTClipSampler, ViewConfig, ViewSpec
 
     device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
     models = {g: model_for_geometry(adapted, g).to(device) for g in geometries}
@@ -676,7 +660,7 @@ def train_online(adapted: Mapping, geometries: Sequence[str], train_manifest, te
                       seed=cfg.seed)
     n, c = len(ds), len(class_names)
     bs = min(cfg.batch_size, n)
-    collate = _AugmentCollate(SVTAugment(view_cfg), cfg.seed)
+    collate = AugmentCollate(SVTAugment(view_cfg), cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
 
     dims = {g: models[g].embed_dim for g in geometries}

@@ -39,7 +39,7 @@ from svt.loss import (DINOHead, MultiViewModel, SVTLoss, apply_schedules,
                       update_teacher)
 from svt.model import build_model, file_sha256, load_pretrained
 from svt.tracking import Tracker, flatten
-from svt.views import SVTAugment, SVTClipSampler, ViewConfig
+from svt.views import AugmentCollate, SVTAugment, SVTClipSampler, ViewConfig
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request after saving; rerun to resume
 
@@ -64,21 +64,6 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return (self.batches - self.start_batch) * self.bs
-
-
-class AugmentCollate:
-    """CPU path: augment inside the DataLoader workers, seeded per (epoch, sample)."""
-
-    def __init__(self, augment: SVTAugment, seed: int):
-        self.augment, self.seed, self.epoch = augment, seed, 0
-
-    def __call__(self, batch: list[dict]) -> dict:
-        per_sample = []
-        for item in batch:
-            g = torch.Generator().manual_seed(hash((self.seed, self.epoch, item["index"])) % 2**63)
-            per_sample.append(self.augment(item["clips"], generator=g))
-        views = [torch.stack([s[v] for s in per_sample]) for v in range(len(per_sample[0]))]
-        return {"views": views, "label": torch.tensor([b["label"] for b in batch])}
 
 
 # ---- distributed ----------------------------------------------------------------------------

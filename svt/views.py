@@ -442,3 +442,25 @@ _JITTER = {
     "saturation": TF.adjust_saturation,
     "hue": adjust_hue,  # torchvision's, faster (see adjust_hue)
 }
+
+
+class AugmentCollate:
+    """DataLoader collate function that augments in the workers (the CPU path).
+
+    Each sample's views come from a generator seeded by (seed, epoch, dataset index), so the
+    result does not depend on which worker handled the sample; set ``epoch`` before each
+    epoch's iterator is created (workers copy this object then). Returns
+    ``{"views": [(B, 3, T, S, S) per view], "label": (B,)}``.
+    """
+
+    def __init__(self, augment: "SVTAugment", seed: int):
+        self.augment, self.seed, self.epoch = augment, int(seed), 0
+
+    def __call__(self, batch: list[dict]) -> dict:
+        per_sample = []
+        for item in batch:
+            state = np.random.SeedSequence([self.seed, self.epoch, item["index"]]).generate_state(1)
+            g = torch.Generator().manual_seed(int(state[0]))
+            per_sample.append(self.augment(item["clips"], generator=g))
+        return {"views": [torch.stack(v) for v in zip(*per_sample)],
+                "label": torch.tensor([b["label"] for b in batch], dtype=torch.long)}
