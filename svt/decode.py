@@ -33,13 +33,15 @@ def shard_of(name: str, num_shards: int) -> int:
 def _decode_one(source: str, raw_root: Path, videos_dir: Path, settings: EncodeSettings):
     """Return (output name, VideoInfo) or raise VideoError."""
     name = output_name(source)
-    dst = videos_dir / name
-    if dst.exists():  # finished by an earlier (killed or failed) attempt
+    dst, src = videos_dir / name, raw_root / source
+    # Finished by an earlier (killed or failed) attempt, and the raw file has not been
+    # replaced since: reuse it.
+    if dst.exists() and src.exists() and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns:
         info = probe(dst, settings.timeout_s)
         if check_output(info, None, settings) is None:
             return name, info
-        dst.unlink()
-    return name, transcode(raw_root / source, dst, settings)
+    dst.unlink(missing_ok=True)
+    return name, transcode(src, dst, settings)
 
 
 def run_shard(index: Path, raw_root: Path, videos_dir: Path, shard: int, num_shards: int,

@@ -106,6 +106,22 @@ class StopFlag:
         self.signal = signum
 
 
+def inputs_fingerprint(manifest: Path, videos_root: Path, cfg: dict) -> str:
+    """What a checkpoint was trained on: the config, the manifest and every listed video's
+    size and modification time (a re-decoded dataset keeps names but not mtimes)."""
+    import hashlib
+
+    from svt.manifest import ManifestRow, iter_rows
+
+    recipe = {k: cfg[k] for k in ("model", "views", "augment", "loss", "optim")}  # not runtime
+    h = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
+    h.update(Path(manifest).read_bytes())
+    for row in iter_rows(manifest, ManifestRow):
+        st = (Path(videos_root) / row.path).stat()
+        h.update(f"{row.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def precision_context(precision: str, device: torch.device):
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
@@ -236,9 +252,20 @@ def train(args: argparse.Namespace) -> int:
     wd_s = cosine_schedule(oc["weight_decay"], oc["weight_decay_end"], oc["epochs"], iters)
     mom_s = cosine_schedule(oc["momentum_teacher"], 1.0, oc["epochs"], iters)
 
-    # resume
+    # resume, but only a run of this very config and data: a checkpoint of other inputs is
+    # set aside (never deleted) and training starts over
     step, run_id = 0, None
+    inputs = inputs_fingerprint(args.manifest, args.videos_root, cfg)
     last = ckpt.latest(ckpt_dir)
+    if last is not None and ckpt.load(last).get("inputs") != inputs:
+        if main_rank:
+            stale = last.with_name(f"{last.name}.stale-{int(time.time())}")
+            os.replace(last, stale)
+            print(f"pretrain: {last} was trained on other data or another config; moved to "
+                  f"{stale.name}, starting over", file=sys.stderr)
+        if dist.is_initialized():
+            dist.barrier()
+        last = None
     if last is not None:
         state = ckpt.load(last, map_location=device)
         student.load_state_dict(state["student"])
@@ -272,7 +299,7 @@ def train(args: argparse.Namespace) -> int:
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "loss": loss_fn.state_dict(), "step": step_now, "epoch": step_now // iters,
                 "sampler": {"epoch": step_now // iters, "batch": step_now % iters, "seed": oc["seed"]},
-                "rng": rngs, "config": cfg, "mlflow_run_id": run_id,
+                "rng": rngs, "config": cfg, "mlflow_run_id": run_id, "inputs": inputs,
             }, ckpt_dir / ckpt.LAST)
 
     metrics_csv = out_dir / "metrics.csv"

@@ -88,6 +88,11 @@ def test_rerun_skips_finished_videos(raw):
     run_shards(raw, num_shards=1)
     assert out.stat().st_mtime_ns == first  # reused, not re-encoded
     assert (raw / "videos" / "run" / "d.mkv.mp4").exists()
+    make_video(raw / "raw" / "walk" / "a.mp4", size=(96, 64), seconds=2)  # the raw file is replaced
+    run_shards(raw, num_shards=1)
+    assert out.stat().st_mtime_ns > first  # so its output is not stale
+    rows = [r for r in read_rows(raw / "shards" / "0.csv", ManifestRow) if r.source == "walk/a.mp4"]
+    assert rows[0].frames == 60
 
 
 def test_colliding_output_names_are_rejected_not_overwritten(tmp_path):

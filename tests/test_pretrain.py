@@ -228,3 +228,23 @@ def test_knn_monitor_logs_accuracy_at_epoch_ends(data, tmp_path):
     run_id = json.loads((tmp_path / "run.json").read_text())["mlflow_run_id"]
     history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(run_id, "knn_top1")
     assert [m.step for m in history] == [4, 8] and all(0 <= m.value <= 1 for m in history)
+
+
+def test_checkpoint_of_other_data_is_set_aside_not_resumed(data, tmp_path):
+    import shutil
+    videos = tmp_path / "videos"
+    shutil.copytree(data / "videos", videos)
+    cmd = command(data, tmp_path / "out", extra=["--max-steps", "2"])
+    cmd[cmd.index("--videos-root") + 1] = str(videos)
+    assert run(cmd).returncode == 0
+    first = next(videos.rglob("*.mp4"))
+    os.utime(first, ns=(time.time_ns(), time.time_ns()))  # re-decoded: same name, new file
+    res = run(cmd)
+    assert res.returncode == 0 and "starting over" in res.stderr and "resumed" not in res.stderr
+    assert list((tmp_path / "out" / "ckpt").glob("last.pth.stale-*"))
+    cfg = json.loads(json.dumps(TINY))
+    cfg["pretrain"]["num_workers"] = 1  # runtime settings do not invalidate a checkpoint
+    cmd[cmd.index("--config-json") + 1] = json.dumps(cfg)
+    cmd[cmd.index("--max-steps") + 1] = "3"
+    res = run(cmd)
+    assert res.returncode == 0 and "at step 2" in res.stderr
