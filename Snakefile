@@ -35,3 +35,9 @@ rule all:
         pretrain_outputs,
         evaluate_outputs,
     default_target: True
+
+
+rule data:
+    """Only the data stage: `snakemake --cores all data`."""
+    input:
+        data_outputs,

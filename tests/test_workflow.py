@@ -60,7 +60,7 @@ def test_data_stage_end_to_end(demo, tmp_path):
         "demo": {"format": "ucf101", "root": str(demo / "videos"), "annotations": str(demo / "splits")},
         "odd": {"format": "folder", "root": str(hostile)},
     }, max_reject_fraction=0.3)
-    res = snakemake(tmp_path, "--configfile", str(cfg))
+    res = snakemake(tmp_path, "data", "--configfile", str(cfg))
     out = tmp_path / "results" / "t" / "data"
     (demo_dir,) = out.glob("demo-*")
     train = read_rows(demo_dir / "manifest" / "train.csv", ManifestRow)
@@ -82,11 +82,11 @@ def test_data_stage_end_to_end(demo, tmp_path):
     assert logs == ["decode-0.log", "decode-1.log", "index.log", "manifest-test.log",
                     "manifest-train.log", "report.log"]
     # a second run has nothing to do; a changed decode setting gets a new folder
-    again = snakemake(tmp_path, "--configfile", str(cfg))
+    again = snakemake(tmp_path, "data", "--configfile", str(cfg))
     assert "Nothing to be done" in again.stdout + again.stderr
     cfg2 = write_config(tmp_path, yaml.safe_load(cfg.read_text())["data"]["datasets"],
                         short_side=32, max_reject_fraction=0.3)
-    snakemake(tmp_path, "--configfile", str(cfg2))
+    snakemake(tmp_path, "data", "--configfile", str(cfg2))
     assert len(list(out.glob("demo-*"))) == 2
 
 
@@ -95,7 +95,7 @@ def test_too_many_rejects_fail_the_stage_but_keep_the_report(tmp_path):
     make_video(root / "ok" / "good.mp4", size=(64, 48), seconds=1)
     (root / "ok" / "bad.mp4").write_bytes(b"")
     cfg = write_config(tmp_path, {"d": {"format": "folder", "root": str(root)}}, max_reject_fraction=0.1)
-    res = snakemake(tmp_path, "--configfile", str(cfg), check=False)
+    res = snakemake(tmp_path, "data", "--configfile", str(cfg), check=False)
     assert res.returncode != 0
     (ddir,) = (tmp_path / "results" / "t" / "data").glob("d-*")
     log = (tmp_path / "logs" / "t" / "data" / ddir.name / "manifest-train.log").read_text()
