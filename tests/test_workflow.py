@@ -176,3 +176,14 @@ def test_whole_pipeline_and_probe_change_reruns_only_the_probe(demo, tmp_path):
     dry = snakemake(tmp_path, "--configfile", str(path), "-n")
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", dry.stdout + dry.stderr, re.M))
     assert stats == {"probe": "2", "eval_table": "1", "all": "1", "total": "4"}, stats
+
+
+def test_slurm_profile_dry_run_without_slurm(demo, tmp_path):
+    """`snakemake --profile slurm -n` plans through the SLURM executor on a machine without
+    SLURM (the profile is found as ./slurm/, as from the repository root)."""
+    (tmp_path / "slurm").symlink_to(REPO / "slurm")
+    cfg = write_config(tmp_path, {"demo": {"format": "ucf101", "root": str(demo / "videos"),
+                                           "annotations": str(demo / "splits")}})
+    res = snakemake(tmp_path, "--profile", "slurm", "-n", "--configfile", str(cfg))
+    out = res.stdout + res.stderr
+    assert "This was a dry-run" in out and "decode_shard" in out and "pretrain" in out
