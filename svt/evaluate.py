@@ -39,7 +39,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from svt.loader import VideoDataset, uniform_indices
-from svt.model import VisionTransformerSVT, build_model, file_sha256, load_pretrained
+from svt.model import (VisionTransformerSVT, build_model, file_sha256, load_checkpoint_file,
+                       load_pretrained)
 from svt.posembed import resample_spatial, resample_temporal
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -91,16 +92,9 @@ def parse_named(items: Sequence[str], what: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- adaptation
 
 
-def _torch_load(path) -> object:
-    import argparse
-
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def model_config_of(path_or_obj) -> dict | None:
     """The ``model`` config stored in one of our checkpoints (teacher_backbone.pth, adapted)."""
-    obj = path_or_obj if isinstance(path_or_obj, dict) else _torch_load(path_or_obj)
+    obj = path_or_obj if isinstance(path_or_obj, dict) else load_checkpoint_file(path_or_obj)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and \
             not any(torch.is_tensor(v) for v in obj["model"].values()):
         return dict(obj["model"])
@@ -132,7 +126,7 @@ def adapt_backbone(geometries: Sequence[Geometry], backbone: str | os.PathLike |
         raise ValueError(f"geometry names repeat: {names}")
     if backbone is None and not random_init:
         raise ValueError("give a backbone checkpoint, or random_init with a model config")
-    ckpt = _torch_load(backbone) if backbone is not None else None
+    ckpt = load_checkpoint_file(backbone) if backbone is not None else None
     cfg = dict(model_config_of(ckpt) or {}) if isinstance(ckpt, dict) else {}
     cfg.update(model_cfg or {})
     if not cfg:
@@ -179,7 +173,7 @@ def adapt_backbone(geometries: Sequence[Geometry], backbone: str | os.PathLike |
 
 
 def load_adapted(path) -> dict:
-    obj = _torch_load(path)
+    obj = load_checkpoint_file(path)
     if not isinstance(obj, dict) or obj.get("format") != ADAPTED_FORMAT:
         raise ValueError(f"{path}: not a file written by `python -m svt.adapt`")
     return obj

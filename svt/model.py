@@ -291,6 +291,13 @@ def _unwrap(obj) -> dict:
     return {k: v for k, v in obj.items() if torch.is_tensor(v)}
 
 
+def load_checkpoint_file(path):
+    """``torch.load`` with ``weights_only=True`` on CPU; argparse.Namespace (DINO and SVT
+    checkpoints store their ``args``) is the one extra type allowed."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_pretrained(model: VisionTransformerSVT, path, allow_shape_mismatch: bool = False):
     """Load a checkpoint file into ``model`` (strict=False) and return (missing, unexpected).
 
@@ -298,9 +305,7 @@ def load_pretrained(model: VisionTransformerSVT, path, allow_shape_mismatch: boo
     extra type allowed. Shape mismatches raise ValueError unless ``allow_shape_mismatch``, in
     which case those keys are skipped (and so reported as missing).
     """
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint_filter_fn(_unwrap(ckpt), model)
+    state = checkpoint_filter_fn(_unwrap(load_checkpoint_file(path)), model)
 
     own = model.state_dict()
     bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
