@@ -22,6 +22,17 @@ wildcard_constraints:
     split="train|val|test",
 
 
+# Bookkeeping rules (listing files, merging CSVs, printing the table) run in the main
+# snakemake process, also under --profile slurm; everything that decodes or computes is a job.
+localrules:
+    all,
+    data,
+    index,
+    decode_report,
+    manifest,
+    eval_table,
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/curate.smk"
 include: "workflow/rules/pretrain.smk"

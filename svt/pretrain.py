@@ -41,6 +41,7 @@ from svt.model import build_model, file_sha256, load_pretrained
 from svt.tracking import Tracker, flatten
 from svt.views import AugmentCollate, SVTAugment, SVTClipSampler, ViewConfig
 
+RUNTIME_KEYS = ("num_workers", "precision", "decoder", "checkpoint_every", "log_every")
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request after saving; rerun to resume
 
 
@@ -104,6 +105,25 @@ class StopFlag:
 
     def _set(self, signum, frame):
         self.signal = signum
+
+
+class Tee:
+    """A text stream that writes to a primary stream and a copy; everything else (isatty,
+    fileno, encoding) is the primary's, so progress bars behave as before."""
+
+    def __init__(self, primary, copy):
+        self.primary, self.copy = primary, copy
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.primary.write(text)
+
+    def flush(self) -> None:
+        self.copy.flush()
+        self.primary.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.primary, name)
 
 
 def inputs_fingerprint(manifest: Path, videos_root: Path, cfg: dict) -> str:
@@ -200,6 +220,13 @@ def write_curves(metrics_csv: Path, out_png: Path) -> None:
 
 def train(args: argparse.Namespace) -> int:
     cfg = json.loads(args.config_json)
+    # runtime keys: explicit arguments win over a "pretrain" section in the JSON
+    runtime = {k: getattr(args, k) for k in RUNTIME_KEYS if getattr(args, k) is not None}
+    cfg["pretrain"] = {**cfg.get("pretrain", {}), **runtime}
+    missing = [k for k in RUNTIME_KEYS if k not in cfg["pretrain"]]
+    if missing:
+        raise SystemExit(f"svt.pretrain: missing runtime settings {missing}: pass "
+                         f"{' '.join('--' + k.replace('_', '-') for k in missing)}")
     oc, pc = cfg["optim"], cfg["pretrain"]
     rank, world, local, device = init_distributed()
     main_rank = rank == 0
@@ -207,6 +234,10 @@ def train(args: argparse.Namespace) -> int:
     if main_rank:
         out_dir.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+        # Snakemake empties a rule's log before every attempt: keep all attempts' lines (start,
+        # resume, preemption, errors) beside the checkpoints as well.
+        sys.stderr = Tee(sys.stderr, open(ckpt_dir / "train.log", "a", buffering=1))
+        print(f"--- pretrain attempt started {time.strftime('%Y-%m-%d %H:%M:%S')}", file=sys.stderr)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     # data: one decode per video for all ten views
@@ -433,7 +464,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--manifest", type=Path, required=True, help="train manifest (svt.decode)")
     ap.add_argument("--videos-root", type=Path, required=True, help="folder of the manifest's videos")
     ap.add_argument("--config-json", required=True,
-                    help="model, views, augment, loss, optim and pretrain sections as JSON")
+                    help="model, views, augment, loss and optim sections as JSON (a pretrain "
+                         "section may give the runtime settings below)")
+    ap.add_argument("--num-workers", type=int, help="DataLoader workers per process")
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
+    ap.add_argument("--decoder", choices=["torchcodec", "pyav", "ffmpeg"], help="frame reader")
+    ap.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    ap.add_argument("--log-every", type=int, help="steps between metric logs")
     ap.add_argument("--out-dir", type=Path, required=True, help="exports: teacher backbone, curves")
     ap.add_argument("--ckpt-dir", type=Path, required=True, help="resumable checkpoints")
     ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (none: no tracking)")
@@ -446,7 +483,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--knn-every", type=int, default=0, help="kNN monitor every N epochs (0: off)")
     ap.add_argument("--max-steps", type=int, default=0,
                     help="stop after this many steps in all (0: the whole schedule)")
-    return train(ap.parse_args(argv))
+    stderr = sys.stderr
+    try:
+        return train(ap.parse_args(argv))
+    finally:
+        sys.stderr = stderr  # train() tees it into the checkpoint folder
 
 
 if __name__ == "__main__":

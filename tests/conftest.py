@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,42 @@ def real_clip(name: str) -> Path:
     path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / name
     assert path.exists(), path
     return path
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, **popen) -> subprocess.CompletedProcess:
+    """Run snakemake as a user would, from a folder holding config.yaml (a link to ours)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (workdir / "config.yaml").exists():
+        (workdir / "config.yaml").symlink_to(REPO / "config.yaml")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                          "--cores", "2", *args], cwd=workdir, env=env, capture_output=True,
+                         text=True, **popen)
+    if check:
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def tiny_pipeline_config(demo: Path, experiment: str = "t") -> dict:
+    """The whole workflow on a tiny model: a couple of minutes on one CPU core."""
+    return {
+        "experiment": experiment,
+        "data": {"pretrain": "demo", "evaluate": ["demo"], "extra": [],
+                 "datasets": {"demo": {"format": "ucf101", "root": str(demo / "videos"),
+                                       "annotations": str(demo / "splits")}}},
+        "decode": {"short_side": 36, "shards": 1, "threads": 2},
+        "model": {"embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 32, "num_frames": 4,
+                  "drop_path_rate": 0.0},
+        "views": {"global_frames": [2, 4], "global_size": 32, "local_frames": [2, 2], "local_size": 16},
+        "augment": {"hflip": 0.0},
+        "loss": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16},
+        "optim": {"epochs": 2, "warmup_epochs": 1, "batch_size_per_gpu": 4},
+        "pretrain": {"devices_per_node": 1, "num_workers": 0, "checkpoint_every": 2, "log_every": 1},
+        "evaluate": {"slow_frames": 4, "slow_size": 32, "fast_frames": 8, "fast_size": 16,
+                     "crops": 1, "probe_epochs": 5, "probe_batch_size": 4},
+        "cluster": {"pretrain_mem_mb_per_device": 2048},
+    }
 
 
 @pytest.fixture

@@ -190,7 +190,9 @@ def pretrain_hash() -> str:
     """Everything the trained weights depend on: the data and the recipe, not the runtime."""
     cfg = {k: config[k] for k in PRETRAIN_SECTIONS}
     data = curate_hash() if config["curate"]["enabled"] else data_hash(config["data"]["pretrain"])
-    return stage_hash({"data": data, **cfg})
+    # The number of processes sets the global batch (batch_size_per_gpu each), so it is recipe.
+    world = config["pretrain"]["nodes"] * config["pretrain"]["devices_per_node"]
+    return stage_hash({"data": data, **cfg, "world_size": world})
 
 
 def pretrain_manifest(wildcards=None) -> str:
@@ -205,7 +207,10 @@ def pretrain_dir() -> str:
 
 
 def pretrain_config_json() -> str:
-    return json.dumps({k: config[k] for k in (*PRETRAIN_SECTIONS, "pretrain")}, sort_keys=True)
+    """The recipe for svt.pretrain. Runtime keys (nodes, devices, workers, logging) reach the
+    command through {config[pretrain][...]} instead of params: a params change reruns a job,
+    and those keys must not restart a finished pretraining."""
+    return json.dumps({k: config[k] for k in PRETRAIN_SECTIONS}, sort_keys=True)
 
 
 def tracking_uri() -> str:
@@ -217,10 +222,44 @@ def tracking_experiment() -> str:
     return config["tracking"]["experiment"] or config["experiment"]
 
 
-def launcher() -> str:
-    """One process per device: torchrun for several, plain python for one."""
-    n = config["pretrain"]["devices_per_node"]
-    return f"torchrun --standalone --nproc-per-node {n}" if n > 1 else "python"
+# ---- cluster requests (used by the SLURM executor; local runs ignore them) ---------------
+
+
+def cluster_resources(gpus: int = 0, nodes: int = 1, cpus_per_gpu: int = 0) -> dict:
+    """SLURM resources of one rule: partition and account from config (empty: sbatch reads
+    SBATCH_PARTITION / SBATCH_ACCOUNT), GPUs when cluster.gpus is on, and for several nodes one
+    task per node, launched by the command itself (mpi="srun" so the job step does not wrap it)."""
+    c = config["cluster"]
+    res = {}
+    if c["partition"]:
+        res["slurm_partition"] = c["partition"]
+    if c["account"]:
+        res["slurm_account"] = c["account"]
+    use_gpus = gpus if c["gpus"] else 0
+    if nodes > 1:
+        # --ntasks=nodes with one task per node; tasks_per_gpu=0 keeps the plugin from turning
+        # `tasks` into --ntasks-per-gpu; GPUs per node as gres (--gpus would be a job total).
+        res.update(nodes=nodes, tasks=nodes, mpi="srun")
+        if use_gpus:
+            model = f"{c['gpu_model']}:" if c["gpu_model"] else ""
+            res.update(gres=f"gpu:{model}{use_gpus}", tasks_per_gpu=0)
+    elif use_gpus:
+        res["gpu"] = use_gpus
+        if c["gpu_model"]:
+            res["gpu_model"] = c["gpu_model"]
+    if use_gpus and cpus_per_gpu:
+        res["cpus_per_gpu"] = cpus_per_gpu
+    return res
+
+
+def pretrain_resources() -> dict:
+    p, c = config["pretrain"], config["cluster"]
+    devices = p["devices_per_node"]
+    return dict(
+        **cluster_resources(gpus=devices, nodes=p["nodes"], cpus_per_gpu=p["num_workers"] + 1),
+        mem_mb=c["pretrain_mem_mb_per_device"] * devices,
+        runtime=c["pretrain_runtime"],
+    )
 
 
 # ---- evaluation -------------------------------------------------------------------------
@@ -329,5 +368,4 @@ def knn_args(wildcards, input) -> str:
     if "knn_train" not in input.keys():
         return ""
     return shlex.join(["--knn-train", input.knn_train, "--knn-test", input.knn_test,
-                       "--knn-videos-root", str(Path(input.knn_train).parent.parent / "videos"),
-                       "--knn-every", str(config["pretrain"]["knn_every"])])
+                       "--knn-videos-root", str(Path(input.knn_train).parent.parent / "videos")])

@@ -19,6 +19,7 @@ rule curate:
         code=source_hash("curate", "fft", "loader"),
     threads: 2
     resources:
+        **cluster_resources(),
         mem_mb=8192,
         runtime=4 * 60,
     log:

@@ -37,7 +37,9 @@ rule decode_shard:
         code=source_hash("decode", "video", "manifest"),
         videos=f"{DATA}/videos",
     threads: config["decode"]["threads"]
+    retries: 2  # a shard lost to the scheduler or a node is redone alone; finished videos are kept
     resources:
+        **cluster_resources(),
         mem_mb=lambda wc, threads: 1024 + 512 * threads,
         runtime=240,
     log:

@@ -16,6 +16,10 @@ rule adapt:
     params:
         args=adapt_args,
         code=source_hash("adapt", "evaluate", "model", "posembed"),
+    resources:
+        **cluster_resources(),
+        mem_mb=8192,
+        runtime=30,
     log:
         f"{EVAL_LOGS}/{{kind}}/adapt.log",
     conda:
@@ -42,8 +46,9 @@ rule features:
         geom="slow|fast",
     threads: 2
     resources:
+        **cluster_resources(gpus=1),
         mem_mb=8192,
-        runtime=6 * 60,
+        runtime=config["cluster"]["evaluate_runtime"],
     log:
         f"{EVAL_LOGS}/{{kind}}/{{dataset}}/features-{{split}}-{{geom}}.log",
     conda:
@@ -73,6 +78,10 @@ rule probe:
         experiment=tracking_experiment(),
         run=run_json_args,
         code=source_hash("probe", "evaluate"),
+    resources:
+        **cluster_resources(),
+        mem_mb=8192,
+        runtime=120,
     log:
         f"{EVAL_LOGS}/{{kind}}/{{dataset}}/probe-{{phash}}.log",
     conda:

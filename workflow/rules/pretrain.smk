@@ -3,7 +3,6 @@
 # folder inside is deliberately not an output: Snakemake deletes the outputs of failed jobs,
 # and a killed job must resume from its checkpoints on retry.
 
-
 rule pretrain:
     """Self-distillation of the SVT student/teacher; resumes from checkpoints/last.pth."""
     input:
@@ -14,27 +13,32 @@ rule pretrain:
         curves=report(f"{pretrain_dir()}/curves.png", category="pretraining"),
         run=f"{pretrain_dir()}/run.json",
     params:
-        cfg=pretrain_config_json(),
+        recipe=pretrain_config_json(),
         videos=lambda wc: f"{data_dir(config['data']['pretrain'])}/videos",
         out_dir=lambda wc, output: Path(output.backbone).parent,
         ckpt_dir=lambda wc, output: Path(output.backbone).parent / "checkpoints",
-        launcher=launcher(),
         knn=knn_args,
         uri=tracking_uri(),
         experiment=tracking_experiment(),
         code=source_hash("pretrain", "model", "posembed", "views", "loss", "loader", "checkpoint",
-                         "evaluate"),
+                         "evaluate", "launch"),
     threads: config["pretrain"]["devices_per_node"] * (config["pretrain"]["num_workers"] + 1)
     resources:
-        mem_mb=lambda wc, threads: 4096 * threads,
-        runtime=24 * 60,
+        **pretrain_resources(),  # nodes, GPUs per node, CPUs per GPU, memory, runtime
     retries: 3
     log:
         f"{LOGS}/pretrain/{config['data']['pretrain']}-{pretrain_hash()}.log",
     conda:
         "../../envs/torch.yaml"
     shell:
-        "{params.launcher} -m svt.pretrain --manifest {input.manifest:q} --videos-root {params.videos:q}"
-        " --config-json {params.cfg:q} --out-dir {params.out_dir:q} --ckpt-dir {params.ckpt_dir:q}"
-        " --tracking-uri {params.uri:q} --experiment {params.experiment:q} {params.knn}"
-        " >> {log:q} 2>&1"
+        # svt.launch: python, torchrun (several devices) or srun + torchrun per node (several
+        # nodes), so the same command serves a laptop and a multi-node SLURM job.
+        "python -m svt.launch --nodes {config[pretrain][nodes]}"
+        " --nproc-per-node {config[pretrain][devices_per_node]} -- -m svt.pretrain"
+        " --manifest {input.manifest:q} --videos-root {params.videos:q}"
+        " --config-json {params.recipe:q} --out-dir {params.out_dir:q} --ckpt-dir {params.ckpt_dir:q}"
+        " --num-workers {config[pretrain][num_workers]} --precision {config[pretrain][precision]}"
+        " --decoder {config[pretrain][decoder]} --log-every {config[pretrain][log_every]}"
+        " --checkpoint-every {config[pretrain][checkpoint_every]}"
+        " --knn-every {config[pretrain][knn_every]} {params.knn}"
+        " --tracking-uri {params.uri:q} --experiment {params.experiment:q} >> {log:q} 2>&1"

@@ -1,0 +1,345 @@
+"""The workflow as users run it: partial reruns after a change, and a real SLURM on localhost
+(scripts/slurm-local.sh) driven through `snakemake --profile slurm --profile profiles/local-slurm`.
+
+The SLURM tests need root and the SLURM packages (`scripts/slurm-local.sh install`; `make test`
+installs them when run as root). Under CI they must run: a missing SLURM is then a failure.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, snakemake, tiny_pipeline_config
+from svt.demo_data import generate
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = REPO / "scripts" / "slurm-local.sh"
+PROFILES = ["--profile", str(REPO / "slurm"), "--profile", str(REPO / "profiles" / "local-slurm")]
+LOCAL_RULES = {"all", "data", "index", "decode_report", "manifest", "eval_table"}
+DATA_RULES = {"index", "decode_shard", "decode_report", "manifest"}
+
+
+def write(workdir: Path, cfg: dict, name: str = "tiny.yaml") -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def job_stats(res: subprocess.CompletedProcess) -> dict[str, int]:
+    """Snakemake's 'Job stats' table (rule -> jobs), as printed by real and dry runs."""
+    return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", res.stdout + res.stderr, re.M)
+            if k != "total"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    generate(root / "ucf", seed=1, classes=4, groups=3, clips=1, frames=24, size=(80, 60), jobs=2)
+    return root / "ucf"
+
+
+@pytest.fixture(scope="module")
+def local_run(demo, tmp_path_factory):
+    """The tiny whole pipeline with the local executor: the reference for every test here."""
+    wd = tmp_path_factory.mktemp("local")
+    cfg = tiny_pipeline_config(demo)
+    res = snakemake(wd, "--configfile", str(write(wd, cfg)))
+    return wd, cfg, job_stats(res), res.stdout + res.stderr
+
+
+def dry(wd: Path, cfg: dict, *args: str, snakefile: Path | None = None) -> dict[str, int]:
+    path = write(wd, cfg, "changed.yaml")
+    extra = ["-s", str(snakefile)] if snakefile else []
+    res = snakemake(wd, *extra, "-n", *args, "--configfile", str(path))
+    return job_stats(res)
+
+
+# ---- partial reruns (local executor) ------------------------------------------------------
+
+
+def test_whole_pipeline_outputs(local_run):
+    wd, _, stats, printed = local_run
+    out = wd / "results" / "t"
+    (table,) = out.glob("evaluate/*/probe-*/table.md")
+    text = table.read_text()
+    assert "| pretrained-demo |" in text and "| random-demo |" in text
+    assert "| pretrained-demo |" in printed  # the table is printed at the end of the run
+    (summary,) = out.glob("curate/*/summary.json")
+    assert json.loads(summary.read_text())
+    assert len(list(out.glob("evaluate/*/*/demo/*.pt"))) == 8  # 2 backbones x 2 splits x 2 views
+    assert stats["pretrain"] == 1 and stats["probe"] == 2
+
+
+def test_pretraining_change_reruns_pretraining_and_evaluation_not_decoding(local_run):
+    wd, cfg, *_ = local_run
+    changed = copy.deepcopy(cfg)
+    changed["optim"]["lr"] = 1e-3
+    plan = dry(wd, changed)
+    assert {"pretrain", "adapt", "features", "probe", "eval_table"} <= set(plan), plan
+    assert not (set(plan) & (DATA_RULES | {"curate"})), plan
+    # both backbones are evaluated again: the evaluation folder is named by the pretraining
+    assert plan["adapt"] == 2 and plan["features"] == 8
+    # switching back finds everything it made before
+    assert dry(wd, cfg) == {}
+
+
+def test_runtime_keys_do_not_rerun_pretraining(local_run):
+    """Workers, logging and checkpoint interval change how a run goes, not what it makes."""
+    wd, cfg, *_ = local_run
+    changed = copy.deepcopy(cfg)
+    changed["pretrain"].update(num_workers=1, log_every=3, checkpoint_every=5, knn_every=2)
+    changed["cluster"].update(pretrain_runtime=30, partition="other")
+    assert dry(wd, changed) == {}
+
+
+def test_probe_change_reruns_only_the_probe(local_run):
+    wd, cfg, *_ = local_run
+    changed = copy.deepcopy(cfg)
+    changed["evaluate"]["probe_lr"] = 0.01
+    assert dry(wd, changed) == {"probe": 2, "eval_table": 1, "all": 1}
+
+
+def test_until_and_forcerun(local_run):
+    wd, cfg, *_ = local_run
+    changed = copy.deepcopy(cfg)
+    changed["optim"]["lr"] = 1e-3
+    assert dry(wd, changed, "--until", "pretrain") == {"pretrain": 1}
+    forced = dry(wd, cfg, "--forcerun", "curate")
+    assert forced["curate"] == 1 and forced["pretrain"] == 1 and forced["probe"] == 2, forced
+    assert not set(forced) & DATA_RULES, forced
+
+
+def test_code_edits_are_detected_and_listed(local_run, tmp_path):
+    """Editing svt/probe.py reruns the probes (and what follows), not feature extraction: the
+    module's source hash is a param. Editing a rule's command is what --list-changes code lists."""
+    wd, cfg, *_ = local_run
+    checkout = tmp_path / "checkout"
+    ignore = shutil.ignore_patterns("__pycache__")
+    for part in ("workflow", "svt"):
+        shutil.copytree(REPO / part, checkout / part, ignore=ignore)
+    shutil.copy(REPO / "Snakefile", checkout / "Snakefile")
+    snakefile = checkout / "Snakefile"
+    with open(checkout / "svt" / "probe.py", "a") as f:
+        f.write("\n# an edit\n")
+    assert dry(wd, cfg, snakefile=snakefile) == {"probe": 2, "eval_table": 1, "all": 1}
+    res = snakemake(wd, "-s", str(snakefile), "-n", "--configfile", str(wd / "tiny.yaml"))
+    assert re.search(r"params have changed since last execution:\s+probe", res.stdout + res.stderr)
+
+    rules = checkout / "workflow" / "rules" / "evaluate.smk"
+    rules.write_text(rules.read_text().replace("--table-out {output:q}", "--table-out  {output:q}"))
+    res = snakemake(wd, "-s", str(snakefile), "--list-changes", "code", "--configfile", str(wd / "tiny.yaml"))
+    listed = [line for line in res.stdout.splitlines() if line.startswith("results/")]
+    assert len(listed) == 1 and listed[0].endswith("/table.md"), res.stdout
+
+
+def test_two_experiments_never_share_outputs(local_run):
+    wd, cfg, *_ = local_run
+    other = copy.deepcopy(cfg)
+    other["experiment"] = "u"
+    plan = dry(wd, other)
+    assert plan["decode_shard"] == 1 and plan["pretrain"] == 1  # its own folder: results/u/...
+
+
+# ---- a real SLURM on localhost --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if os.geteuid() != 0 or not shutil.which("slurmctld"):
+        why = "needs root and the SLURM packages (scripts/slurm-local.sh install)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the SLURM tests: {why}")
+        pytest.skip(why)
+    was_running = subprocess.run([SCRIPT, "status"], capture_output=True).returncode == 0
+    if not was_running:
+        subprocess.run([SCRIPT, "start"], check=True)
+    yield
+    if not was_running:
+        subprocess.run([SCRIPT, "stop"], check=True)
+
+
+def slurm_jobs(workdir: Path) -> list[dict[str, str]]:
+    """SLURM's own record of the jobs run from ``workdir`` (kept for MinJobAge = 1 h)."""
+    out = subprocess.run(["scontrol", "show", "jobs", "-o"], capture_output=True, text=True,
+                         check=True).stdout
+    jobs = []
+    for line in out.splitlines():
+        fields = dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
+        if fields.get("WorkDir") == str(workdir):
+            m = re.match(r"rule_(.+?)(?:_wildcards_(.*))?$", fields.get("Comment", ""))
+            fields["rule"], fields["wildcards"] = (m.group(1), m.group(2) or "") if m else ("", "")
+            jobs.append(fields)
+    return sorted(jobs, key=lambda j: int(j["JobId"]))
+
+
+def cancel_all(workdir: Path) -> None:
+    for job in slurm_jobs(workdir):
+        if job["JobState"] in ("PENDING", "RUNNING", "COMPLETING"):
+            subprocess.run(["scancel", job["JobId"]], check=False)
+
+
+def start_snakemake(wd: Path, *args: str) -> subprocess.Popen:
+    (wd / "config.yaml").unlink(missing_ok=True)
+    (wd / "config.yaml").symlink_to(REPO / "config.yaml")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1"}
+    log = open(wd / "snakemake.out", "w")
+    return subprocess.Popen([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                             *PROFILES, *args], cwd=wd, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm, local_run, tmp_path_factory):
+    wd = tmp_path_factory.mktemp("slurm")
+    _, cfg, *_ = local_run
+    res = snakemake(wd, *PROFILES, "--configfile", str(write(wd, cfg)), check=False)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    return wd, res
+
+
+def test_config_error_is_caught_before_any_submission(slurm, local_run, tmp_path):
+    _, cfg, *_ = local_run
+    bad = copy.deepcopy(cfg)
+    bad["optim"]["lrr"] = 0.1
+    res = snakemake(tmp_path, *PROFILES, "--configfile", str(write(tmp_path, bad)), check=False)
+    assert res.returncode != 0 and "lrr" in res.stdout + res.stderr
+    assert slurm_jobs(tmp_path) == []
+    assert not (tmp_path / "results").exists()
+
+
+def test_pipeline_under_slurm_runs_every_job_through_sbatch_and_matches_local(local_run, slurm_run):
+    local_wd, _, local_stats, _ = local_run
+    wd, res = slurm_run
+    jobs = slurm_jobs(wd)
+    assert jobs and all(j["JobState"] == "COMPLETED" for j in jobs), [(j["rule"], j["JobState"]) for j in jobs]
+    expected = {rule: n for rule, n in local_stats.items() if rule not in LOCAL_RULES}
+    assert Counter(j["rule"] for j in jobs) == expected
+    # the production GPU requests were submitted (the local node declares dummy GPUs)
+    (pretrain,) = [j for j in jobs if j["rule"] == "pretrain"]
+    assert "gres:gpu:1" in pretrain.get("TresPerJob", "") + pretrain.get("TresPerNode", "")
+    assert all("gres:gpu:1" in j.get("TresPerJob", "") for j in jobs if j["rule"] == "features")
+
+    # same outputs as the local run: manifests, the trained weights, the final table
+    local_out, slurm_out = local_wd / "results" / "t", wd / "results" / "t"
+    for rel in ("data/*/manifest/train.csv", "data/*/manifest/test.csv", "curate/*/pretrain_manifest.csv",
+                "evaluate/*/probe-*/table.md"):
+        (a,), (b,) = local_out.glob(rel), slurm_out.glob(rel)
+        assert a.relative_to(local_out) == b.relative_to(slurm_out)  # same config hashes
+        assert a.read_text() == b.read_text(), rel
+    (a,), (b,) = local_out.glob("pretrain/*/teacher_backbone.pth"), slurm_out.glob("pretrain/*/teacher_backbone.pth")
+    sa, sb = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
+    assert sa["step"] == sb["step"] and sa["model"] == sb["model"]
+    sa, sb = sa["state_dict"], sb["state_dict"]
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_time_limit_kill_resumes_from_the_checkpoint(slurm_run, local_run):
+    """A 1-minute time limit: SLURM sends SIGTERM (then SIGKILL after KillWait), pretraining
+    saves at its next step and exits; Snakemake's retry resubmits it and it resumes from that
+    very step."""
+    wd, _ = slurm_run
+    _, cfg, *_ = local_run
+    long = copy.deepcopy(cfg)
+    long["optim"]["epochs"] = 5000  # far longer than the limit: the kill always lands
+    long["pretrain"]["checkpoint_every"] = 1000
+    long["cluster"]["pretrain_runtime"] = 1
+    path = write(wd, long, "long.yaml")
+    proc = start_snakemake(wd, "--until", "pretrain", "--configfile", str(path))
+    try:
+        def resumed():
+            jobs = [j for j in slurm_jobs(wd) if j["rule"] == "pretrain"]
+            # every attempt's lines (the rule's log holds only the latest attempt)
+            logs = list((wd / "results" / "t" / "pretrain").glob("*/checkpoints/train.log"))
+            text = "\n".join(p.read_text() for p in logs)
+            timeouts = [j for j in jobs if j["JobState"] == "TIMEOUT"]
+            return (timeouts, jobs, text) if timeouts and "resumed from" in text else None
+
+        timeouts, jobs, text = _wait(resumed, 300, "a timed-out pretraining job and its resumed retry", proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # snakemake cancels its SLURM jobs on interrupt
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        cancel_all(wd)
+    assert len(jobs) >= 2 and jobs.index(timeouts[0]) < len(jobs) - 1  # a later job is the retry
+    saved = [int(s) for s in re.findall(r"stop requested; saved step (\d+)", text)]
+    resumed_at = [int(s) for s in re.findall(r"resumed from \S+ at step (\d+)", text)]
+    assert saved and resumed_at and resumed_at[0] == saved[0] > 0, text[-3000:]
+
+
+def test_cancelled_decode_shard_is_retried_alone(slurm, local_run, tmp_path):
+    _, cfg, *_ = local_run
+    two = copy.deepcopy(cfg)
+    two["decode"]["shards"] = 2
+    proc = start_snakemake(tmp_path, "data", "--configfile", str(write(tmp_path, two)))
+    try:
+        first = _wait(lambda: [j for j in slurm_jobs(tmp_path) if j["rule"] == "decode_shard"],
+                      120, "a decode shard job", proc)[0]
+        subprocess.run(["scancel", first["JobId"]], check=True)
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        cancel_all(tmp_path)
+    out = (tmp_path / "snakemake.out").read_text()
+    assert rc == 0, out[-4000:]
+    shards = [j for j in slurm_jobs(tmp_path) if j["rule"] == "decode_shard"]
+    by_shard = {}
+    for j in shards:
+        by_shard.setdefault(j["wildcards"], []).append(j["JobState"])
+    assert by_shard[first["wildcards"]] == ["CANCELLED", "COMPLETED"], by_shard
+    assert sorted(map(tuple, by_shard.values())) == [("CANCELLED", "COMPLETED"), ("COMPLETED",)]
+
+
+def test_srun_and_torchrun_rendezvous_inside_a_job(slurm, tmp_path):
+    """The multi-node launch path (srun: one task per node, static torchrun rendezvous from
+    the SLURM environment) on the one local node, with two gloo ranks that all-reduce."""
+    script = tmp_path / "allreduce.py"
+    script.write_text(
+        "import torch, torch.distributed as d\n"
+        "d.init_process_group('gloo')\n"
+        "t = torch.tensor([d.get_rank() + 1.0])\n"
+        "d.all_reduce(t)\n"
+        "print(f'rank {d.get_rank()} of {d.get_world_size()} sum {t.item():.0f}', flush=True)\n"
+        "d.destroy_process_group()\n")
+    cmd = [sys.executable, "-m", "svt.launch", "--nodes", "1", "--srun", "--nproc-per-node", "2",
+           "--", str(script)]
+    out = tmp_path / "job.out"
+    subprocess.run(["sbatch", "--wait", "--cpus-per-task=2", "--mem=2000", f"--output={out}",
+                    f"--chdir={REPO}", "--wrap", shlex.join(cmd)], check=True, capture_output=True,
+                   timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    text = out.read_text()
+    assert "svt.launch: srun --nodes=1" in text and "torch.distributed.run --nnodes 1" in text, text
+    assert sorted(re.findall(r"rank (\d) of 2 sum 3", text)) == ["0", "1"], text
