@@ -11,7 +11,8 @@ rule pretrain:
         manifest=pretrain_manifest,
     output:
         backbone=f"{pretrain_dir()}/teacher_backbone.pth",
-        curves=report(f"{pretrain_dir()}/curves.png", category="pretraining"),
+        curves=report(f"{pretrain_dir()}/curves.png", category="pretraining",
+                      caption="../report/curves.rst"),
         run=f"{pretrain_dir()}/run.json",
     params:
         cfg=pretrain_config_json(),
@@ -20,8 +21,10 @@ rule pretrain:
         ckpt_dir=lambda wc, output: Path(output.backbone).parent / "checkpoints",
         launcher=launcher(),
         knn=knn_args,
-        uri=tracking_uri(),
-        experiment=tracking_experiment(),
+        track=tracking_args("pretrain"),
+        mlflow=lambda wc: shlex.join(
+            ["--system-metrics-s", str(config["tracking"]["system_metrics_s"])]
+            + (["--log-checkpoint"] if config["tracking"]["log_checkpoints"] else [])),
         code=source_hash("pretrain", "model", "posembed", "views", "loss", "loader", "checkpoint",
                          "evaluate"),
     threads: config["pretrain"]["devices_per_node"] * (config["pretrain"]["num_workers"] + 1)
@@ -36,5 +39,5 @@ rule pretrain:
     shell:
         "{params.launcher} -m svt.pretrain --manifest {input.manifest:q} --videos-root {params.videos:q}"
         " --config-json {params.cfg:q} --out-dir {params.out_dir:q} --ckpt-dir {params.ckpt_dir:q}"
-        " --tracking-uri {params.uri:q} --experiment {params.experiment:q} {params.knn}"
+        " {params.track} {params.mlflow} {params.knn}"
         " >> {log:q} 2>&1"
