@@ -20,7 +20,8 @@ demo-data: setup  ## generate the seeded synthetic dataset and copy the real cli
 demo: demo-data   ## run the whole workflow on the demo data (local executor)
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/demo.yaml
 
-test: setup       ## run the test suite
+test: setup       ## run the test suite (as root, first installs chromium for the dashboard test)
+	bash scripts/setup-browser.sh
 	$(VENV)/bin/python -m pytest -q
 
 lint: setup       ## snakemake's own linter
