@@ -178,7 +178,7 @@ def curate_args(wildcards, input) -> str:
              "--static", "on" if c["static"] else "off",
              "--duplicates", "on" if c["duplicates"] else "off",
              "--decoder", config["pretrain"]["decoder"]]
-    return shlex.join(args) + " " + tracking_args("curate")(wildcards)
+    return f"{shlex.join(args)} {tracking_args('curate')(wildcards)}"
 
 
 # ---- pretraining ------------------------------------------------------------------------
@@ -228,7 +228,8 @@ def tracking_args(rule_name: str):
                "--tag", f"svt.rule={rule_name}"]
         wc = dict(wildcards.items())
         if wc:
-            out += ["--tag", "svt.wildcards=" + ",".join(f"{k}={v}" for k, v in sorted(wc.items()))]
+            pairs = ",".join(f"{k}={v}" for k, v in sorted(wc.items()))
+            out += ["--tag", f"svt.wildcards={pairs}"]
         return shlex.join(out)
 
     return args
