@@ -148,3 +148,52 @@ def test_parent_run_records_the_config_and_a_failed_workflow_fails_its_open_stag
     assert client.get_run(killed.run_id).data.tags["mlflow.parentRunId"] == parent
     assert client.get_run(manual.run_id).info.status == "RUNNING"  # not ours: left alone
     assert "mlflow.parentRunId" not in client.get_run(manual.run_id).data.tags
+
+
+def test_tracking_server_script_http_logging_and_stop_by_pid(tmp_path, monkeypatch):
+    """Cluster mode: scripts/mlflow-server.sh starts one server on 127.0.0.1 with a PID file;
+    a workflow parent and several processes log over HTTP (artifacts uploaded through it);
+    `stop` ends it by its PID."""
+    _isolated_env(monkeypatch)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RESULTS": str(tmp_path / "results"), "PORT": str(port),
+           "VENV": str(Path(sys.executable).parent.parent)}
+    script = [str(REPO / "scripts" / "mlflow-server.sh")]
+    started = subprocess.run(["bash", *script, "start"], env=env, capture_output=True, text=True,
+                             timeout=300)
+    pidfile = tmp_path / "results" / "mlflow-server.pid"
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in started.stdout
+        pid = int(pidfile.read_text())
+        uri = f"http://127.0.0.1:{port}"
+        parent = start_workflow_run(uri, "concurrent", {"optim": {"lr": 0.1}})  # WRITER's experiment
+        assert parent
+        note = tmp_path / "note.txt"
+        note.write_text("over http")
+        procs = [subprocess.Popen([sys.executable, "-c", WRITER, uri, "10", str(i), str(note)],
+                                  env={**os.environ, "PYTHONPATH": str(REPO)},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(3)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in outs]
+        end_workflow_run(uri, "FINISHED")
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("concurrent")
+        children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+        assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
+        for r in children:
+            assert len(client.get_metric_history(r.info.run_id, "loss")) == 10
+            assert r.info.artifact_uri.startswith("mlflow-artifacts:")  # through the server
+        assert list((tmp_path / "results" / "mlartifacts").rglob("note.txt"))
+        assert client.get_run(parent).info.status == "FINISHED"
+    finally:
+        stopped = subprocess.run(["bash", *script, "stop"], env=env, capture_output=True, text=True,
+                                 timeout=120)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert not pidfile.exists()
+    status = Path(f"/proc/{pid}/status")
+    alive = status.exists() and "\nState:\tZ" not in status.read_text()  # a zombie has ended
+    assert not alive, f"mlflow server PID {pid} still running"

@@ -240,7 +240,13 @@ def start_tracking() -> None:
     from svt.tracking import start_workflow_run
 
     files = list(dict.fromkeys(str(f) for f in workflow.configfiles))
-    start_workflow_run(tracking_uri(), tracking_experiment(), config, files)
+    run_id = start_workflow_run(tracking_uri(), tracking_experiment(), config, files)
+    if run_id:
+        print(f"MLflow: parent run {run_id} in experiment '{tracking_experiment()}' at "
+              f"{tracking_uri()} (make dashboard)", file=sys.stderr)
+    else:
+        print(f"MLflow: {tracking_uri()} is unreachable; the stages run untracked",
+              file=sys.stderr)
 
 
 def end_tracking(status: str) -> None:
