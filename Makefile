@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 # Rules call `python -m svt.<step>`: the venv's python must come first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo demo-data test lint bench clean
+.PHONY: setup demo demo-data test lint bench clean dashboard mlflow-server mlflow-server-stop
 
 setup:            ## create .venv with pinned dependencies; install ffmpeg if missing
 	bash scripts/setup.sh
@@ -20,8 +20,9 @@ demo-data: setup  ## generate the seeded synthetic dataset and copy the real cli
 demo: demo-data   ## run the whole workflow on the demo data (local executor)
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/demo.yaml
 
-test: setup       ## run the test suite (as root, first installs SLURM for the cluster tests)
+test: setup       ## run the test suite (as root, first installs SLURM and chromium for their tests)
 	@if [ "$$(id -u)" = 0 ]; then bash scripts/slurm-local.sh install; fi
+	bash scripts/setup-browser.sh
 	$(VENV)/bin/python -m pytest -q
 
 lint: setup       ## snakemake's own linter
@@ -30,6 +31,19 @@ lint: setup       ## snakemake's own linter
 bench: setup      ## benchmarks that print tables (decoders, planning time)
 	$(PY) bench/decoders.py
 	$(PY) bench/plan_decode.py
+
+# MLflow (scripts/mlflow-server.sh). RESULTS: the results_dir whose runs to show; PORT; HOST
+# stays 127.0.0.1 unless given (the server has no authentication).
+RESULTS ?= results
+PORT    ?= 5000
+dashboard:        ## MLflow dashboard on the embedded store $(RESULTS)/mlflow.db at http://127.0.0.1:$(PORT)
+	RESULTS="$(RESULTS)" PORT="$(PORT)" VENV="$(VENV)" bash scripts/mlflow-server.sh ui
+
+mlflow-server:    ## background tracking server for cluster runs (PID file in $(RESULTS)/)
+	RESULTS="$(RESULTS)" PORT="$(PORT)" VENV="$(VENV)" bash scripts/mlflow-server.sh start
+
+mlflow-server-stop: ## stop it
+	RESULTS="$(RESULTS)" PORT="$(PORT)" VENV="$(VENV)" bash scripts/mlflow-server.sh stop
 
 clean:            ## remove demo outputs (keeps .venv)
 	rm -rf results/demo logs/demo $(DEMO_DATA) .snakemake

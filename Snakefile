@@ -15,6 +15,25 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 
 
+# `snakemake --report report.html`: the key plots and tables of a run in one HTML file.
+report: "workflow/report/workflow.rst"
+
+
+# MLflow: one parent run per invocation, created here (top-level code would run again inside
+# every cluster job; onstart runs once, in the main process, and never for dry runs). Jobs
+# find its id in the environment and create their stage runs as its children.
+onstart:
+    start_tracking()
+
+
+onsuccess:
+    end_tracking("FINISHED")
+
+
+onerror:
+    end_tracking("FAILED")
+
+
 wildcard_constraints:
     dataset="[A-Za-z0-9][A-Za-z0-9._-]*",
     dhash="[0-9a-f]{10}",

@@ -772,7 +772,7 @@ def _plot_duplicates(path: Path, records: list[dict], results: list[VideoResult]
 def _log_to_mlflow(args, out_dir: Path, files: list[Path], metrics: dict[str, float]) -> None:
     if not args.tracking_uri:
         return
-    from svt.tracking import Tracker
+    from svt.tracking import Tracker, parse_tags
 
     prior = None
     if args.run_id:
@@ -783,7 +783,8 @@ def _log_to_mlflow(args, out_dir: Path, files: list[Path], metrics: dict[str, fl
         except Exception as err:
             log.warning("cannot read MLflow run %s: %s", args.run_id, err)
     tracker = Tracker(args.tracking_uri, args.experiment, run_id=args.run_id, run_name="curate",
-                      tags={"svt.stage": "curate", "svt.out_dir": str(out_dir)})
+                      tags={"svt.stage": "curate", "svt.out_dir": str(out_dir),
+                            **parse_tags(args.tag)})
     tracker.log_metrics(metrics, step=0)
     for f in files:
         tracker.log_artifact(f, "curation")
@@ -838,6 +839,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: no logging)")
     ap.add_argument("--experiment", default="svt-curate", help="MLflow experiment for a new run")
     ap.add_argument("--run-id", default=None, help="log into this existing MLflow run instead")
+    ap.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                    help="tag of the MLflow run this step creates; repeat")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
 

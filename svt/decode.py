@@ -2,6 +2,7 @@
 
     python -m svt.decode shard   --index I --raw-root R --videos-dir V --shard K --num-shards N ...
     python -m svt.decode report  --shards S1 S2 ... --rejects OUT --summary OUT.json
+                                 [--tracking-uri URI --experiment NAME --run-name data/NAME]
     python -m svt.decode manifest --shards S1 S2 ... --split train --rejects R --out OUT ...
 
 A video belongs to shard ``crc32(output name) % N``: stable when the index grows, and two raw
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from svt import tracking
 from svt.manifest import IndexRow, ManifestRow, RejectRow, read_rows, write_rows
 from svt.video import EncodeSettings, VideoError, check_output, output_name, probe, transcode
 
@@ -112,6 +114,22 @@ def report(shards: list[Path], rejects_out: Path, summary_out: Path) -> dict:
     return summary
 
 
+def log_report(stats: dict, rejects: Path, summary: Path, a: argparse.Namespace) -> None:
+    """The data stage's MLflow run: counts per split and per reject reason, the summary and the
+    list of rejected videos. Tracking trouble only warns (svt.tracking.Tracker)."""
+    if not a.tracking_uri:
+        return
+    t = tracking.Tracker(a.tracking_uri, a.experiment, run_name=a.run_name,
+                         tags={"svt.stage": "data", **tracking.parse_tags(a.tag)})
+    metrics = {k: stats[k] for k in ("videos", "kept", "rejected", "reject_fraction", "frames", "hours")}
+    metrics.update({f"kept/{k}": v for k, v in stats["kept_per_split"].items()})
+    metrics.update({f"rejected/{k}": v for k, v in stats["rejected_per_reason"].items()})
+    t.log_metrics(metrics, step=0)
+    t.log_artifact(summary, "data")
+    t.log_artifact(rejects, "data")
+    t.finish()
+
+
 def _reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0]
 
@@ -169,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--shards", type=Path, nargs="+", required=True)
     r.add_argument("--rejects", type=Path, required=True)
     r.add_argument("--summary", type=Path, required=True)
+    r.add_argument("--run-name", default="data", help="name of the MLflow run (with --tracking-uri)")
+    tracking.add_arguments(r, experiment="svt-data")
 
     m = sub.add_parser("manifest", help="write the manifest of one split")
     m.add_argument("--shards", type=Path, nargs="+", required=True)
@@ -187,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.cmd == "report":
         stats = report(a.shards, a.rejects, a.summary)
         print(json.dumps(stats), file=sys.stderr)
+        log_report(stats, a.rejects, a.summary, a)
     else:
         n = manifest(a.shards, a.split, a.summary, a.max_reject_fraction, a.rejects, a.out)
         print(f"{a.out}: {n} videos", file=sys.stderr)

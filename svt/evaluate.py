@@ -599,27 +599,40 @@ def write_outputs(results: Mapping, class_names: Sequence[str], out_dir) -> dict
     return metrics
 
 
-def log_to_mlflow(metrics: Mapping, out_dir, tracking_uri: str | None, run_id: str | None,
-                  experiment: str = "svt", prefix: str = "pretrained") -> bool:
-    """Metrics as ``eval/<prefix>/<setting>/<probe>_<top1|top5>`` plus metrics.json and the
-    plots (artifacts under ``eval/<prefix>/``) into the existing run ``run_id``. Never raises
-    for tracking trouble (svt.tracking.Tracker). Returns whether anything was attempted."""
-    if not tracking_uri or not run_id:
-        return False
-    from svt.tracking import Tracker
-
-    try:
-        tracker = Tracker(tracking_uri, experiment, run_id=run_id)
-    except Exception as err:  # a broken store must not fail the evaluation
-        print(f"[probe] MLflow unavailable ({err}); not logged", file=sys.stderr)
-        return False
+def eval_metrics(metrics: Mapping, prefix: str) -> dict[str, float]:
+    """metrics.json -> {"eval/<prefix>/<setting>/<probe>_<top1|top5>": value}: the same keys in
+    the probe's own run, the backbone's run and the workflow's parent run, so runs compare."""
     flat = {}
     for s, r in metrics.items():
         for kind, m in r.items():
             for k in ("top1", "top5"):
                 if m.get(k) is not None:
                     flat[f"eval/{prefix}/{s}/{kind}_{k}"] = m[k]
-    tracker.log_metrics(flat, step=0)
+    return flat
+
+
+def log_to_mlflow(metrics: Mapping, out_dir, tracking_uri: str | None, run_id: str | None,
+                  experiment: str = "svt", prefix: str = "pretrained",
+                  tags: Mapping[str, str] | None = None) -> bool:
+    """Metrics as ``eval/<prefix>/<setting>/<probe>_<top1|top5>`` plus metrics.json and the
+    plots (artifacts under ``eval/<prefix>/``) into the existing run ``run_id`` when given, or
+    into a new run (``probe/<prefix>``, a child of the workflow's run when there is one, tagged
+    with ``tags``) when ``run_id`` is None. Never raises for tracking trouble
+    (svt.tracking.Tracker). Returns whether anything was attempted."""
+    if not tracking_uri:
+        return False
+    from svt.tracking import Tracker
+
+    try:
+        if run_id:
+            tracker = Tracker(tracking_uri, experiment, run_id=run_id)
+        else:
+            tracker = Tracker(tracking_uri, experiment, run_name=f"probe/{prefix}",
+                              tags={"svt.stage": "evaluate", **(tags or {})})
+    except Exception as err:  # a broken store must not fail the evaluation
+        print(f"[probe] MLflow unavailable ({err}); not logged", file=sys.stderr)
+        return False
+    tracker.log_metrics(eval_metrics(metrics, prefix), step=0)
     out_dir = Path(out_dir)
     for f in sorted(out_dir.glob("metrics.json")) + sorted(out_dir.glob("confusion_*.png")):
         tracker.log_artifact(f, f"eval/{prefix}")

@@ -38,6 +38,7 @@ from svt.loss import (DINOHead, MultiViewModel, SVTLoss, apply_schedules,
                       cancel_last_layer_gradients, clip_gradients, cosine_schedule, param_groups,
                       update_teacher)
 from svt.model import build_model, file_sha256, load_pretrained
+from svt import tracking
 from svt.tracking import Tracker, flatten
 from svt.views import AugmentCollate, SVTAugment, SVTClipSampler, ViewConfig
 
@@ -311,11 +312,20 @@ def train(args: argparse.Namespace) -> int:
 
     tracker = Tracker(args.tracking_uri, args.experiment, run_id=run_id,
                       run_name=args.run_name, enabled=main_rank,
-                      tags={"svt.stage": "pretrain", "svt.out_dir": str(out_dir)})
+                      tags={"svt.stage": "pretrain", "svt.out_dir": str(out_dir.resolve()),
+                            "svt.checkpoint_dir": str(ckpt_dir.resolve()), **tracking.parse_tags(args.tag)})
     if main_rank and run_id is None:
         tracker.log_params(flatten(cfg))
         if cfg["model"].get("init") not in (None, "none"):
             tracker.set_tags({"svt.init_sha256": file_sha256(cfg["model"]["init"])})
+    elif main_rank:  # a resumed job continues its own run; record who resumed it
+        ctx = tracking.context_tags()
+        tracker.set_tags({"svt.resumed_at_step": step,
+                          **({"svt.resumed_by_parent": ctx["mlflow.parentRunId"]}
+                             if "mlflow.parentRunId" in ctx else {}),
+                          **({"svt.slurm_job_id": ctx["svt.slurm_job_id"]}
+                             if "svt.slurm_job_id" in ctx else {})})
+    tracker.start_system_metrics(args.system_metrics_s)
     run_id = tracker.run_id
 
     def save(step_now: int) -> None:
@@ -445,8 +455,12 @@ def train(args: argparse.Namespace) -> int:
         write_curves(metrics_csv, out_dir / "curves.png")
         for name in ("config.yaml", "curves.png", "metrics.csv"):
             tracker.log_artifact(out_dir / name)
-        tracker.set_tags({"svt.teacher_backbone": str(out_dir / "teacher_backbone.pth"),
-                          "svt.teacher_backbone_sha256": file_sha256(out_dir / "teacher_backbone.pth")})
+        # checkpoints are linked (path and hash); copying them into the store is opt-in
+        tracker.set_tags({"svt.teacher_backbone": str((out_dir / "teacher_backbone.pth").resolve()),
+                          "svt.teacher_backbone_sha256": file_sha256(out_dir / "teacher_backbone.pth"),
+                          "svt.last_checkpoint": str((ckpt_dir / ckpt.LAST).resolve())})
+        if args.log_checkpoint:
+            tracker.log_artifact(out_dir / "teacher_backbone.pth", "checkpoints")
         tracker.finish()
         (out_dir / "run.json").write_text(json.dumps({"mlflow_run_id": run_id, "steps": step}) + "\n")
     if dist.is_initialized():
@@ -473,8 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-every", type=int, help="steps between metric logs")
     ap.add_argument("--out-dir", type=Path, required=True, help="exports: teacher backbone, curves")
     ap.add_argument("--ckpt-dir", type=Path, required=True, help="resumable checkpoints")
-    ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (none: no tracking)")
-    ap.add_argument("--experiment", default="svt", help="MLflow experiment name")
+    tracking.add_arguments(ap, experiment="svt")
+    ap.add_argument("--system-metrics-s", type=float, default=10.0,
+                    help="MLflow system metrics (CPU, memory, GPU) every N seconds (0: off)")
+    ap.add_argument("--log-checkpoint", action="store_true",
+                    help="copy the exported teacher backbone into the MLflow artifact store "
+                         "(default: only its path and sha256 are logged)")
     ap.add_argument("--run-name", default="pretrain")
     ap.add_argument("--knn-train", type=Path, default=None,
                     help="kNN monitor: manifest whose videos are the neighbours (e.g. UCF101 train)")

@@ -9,9 +9,10 @@ evaluates every geometry alone and all of them combined (``slow_fast``: the mean
 features, ``--combine concat`` to concatenate): a linear probe (Linear(dim, classes), N(0, 0.01)
 init, SGD momentum, lr x batch/256, cosine, cross-entropy) and a weighted kNN
 (L2-normalised, exp(sim / T) votes of the k nearest). Writes ``metrics.json``,
-``confusion_<setting>.png`` and ``results.md``, prints the table and, with ``--tracking-uri`` and
-a run id (``--run-id``, else the one recorded with the backbone), logs all of it to that
-MLflow run under ``eval/<prefix>/``.
+``confusion_<setting>.png`` and ``results.md``, prints the table and, with ``--tracking-uri``,
+logs all of it under ``eval/<prefix>/`` to a run of its own (``probe/<prefix>``, a child of the
+workflow's parent run when there is one, tagged with the backbone's run) and to the backbone's
+pretraining run (``--run-id``, else the one recorded with the backbone) when there is one.
 
 Online (the paper protocol: heads trained on freshly augmented views through the frozen
 backbone; slow, so not the default)::
@@ -22,16 +23,21 @@ backbone; slow, so not the default)::
 Comparison table (the demo's final output)::
 
     python -m svt.probe --table random=R/metrics.json --table pretrained=P/metrics.json --table-out T.md
+
+With ``--tracking-uri``, the table's metrics (``eval/<row>/<setting>/<probe>_<top1|top5>``) and
+the table itself go to the workflow's parent run (svt.tracking.PARENT_ENV) or ``--run-id``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from svt import evaluate as ev
+from svt import tracking
 from svt.loader import BACKENDS
 
 
@@ -112,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     tr = ap.add_argument_group("MLflow")
     tr.add_argument("--tracking-uri", default=None)
     tr.add_argument("--experiment", default="svt")
+    tr.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                    help="tag of the probe's own MLflow run; repeat")
     tr.add_argument("--run-id", default=None, help="existing run to log into (default: the "
                     "backbone's pretraining run, when recorded)")
     tr.add_argument("--run-json", type=Path, default=None,
@@ -131,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.table_out:
             a.table_out.parent.mkdir(parents=True, exist_ok=True)
             a.table_out.write_text(text + "\n")
+        log_table(rows, a)
         return 0
 
     if not a.classes or not a.out_dir:
@@ -149,10 +158,28 @@ def main(argv: list[str] | None = None) -> int:
     if a.run_json and not a.run_id:
         a.run_id = json.loads(a.run_json.read_text()).get("mlflow_run_id")
     run_id = a.run_id or recorded_run
-    if a.tracking_uri and not run_id:
-        print("svt.probe: no MLflow run id given or recorded; not logged", file=sys.stderr)
-    ev.log_to_mlflow(metrics, a.out_dir, a.tracking_uri, run_id, a.experiment, a.prefix)
+    tags = tracking.parse_tags(a.tag)
+    if run_id:
+        tags["svt.backbone_run_id"] = run_id
+    ev.log_to_mlflow(metrics, a.out_dir, a.tracking_uri, None, a.experiment, a.prefix, tags)
+    if run_id:  # the pretraining run collects the evaluations of its backbone
+        ev.log_to_mlflow(metrics, a.out_dir, a.tracking_uri, run_id, a.experiment, a.prefix)
     return 0
+
+
+def log_table(rows: dict, a: argparse.Namespace) -> None:
+    """The comparison's metrics on the workflow's parent run (or --run-id): the numbers users
+    compare between workflow runs in the MLflow run list."""
+    run_id = a.run_id or os.environ.get(tracking.PARENT_ENV)
+    if not a.tracking_uri or not run_id:
+        return
+    t = tracking.Tracker(a.tracking_uri, a.experiment, run_id=run_id)
+    t.log_metrics({k: v for row, m in rows.items() for k, v in ev.eval_metrics(m, row).items()},
+                  step=0)
+    if a.table_out:
+        t.log_artifact(a.table_out, "eval")
+    if a.run_id:  # a run named by hand is closed again; the parent is closed by the workflow
+        t.finish()
 
 
 if __name__ == "__main__":

@@ -8,8 +8,12 @@ is acceptable, losing a training run is not. The MLflow client is used directly 
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import logging
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -20,6 +24,14 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline clusters: n
 # MLflow's own HTTP retries back off for minutes; ours (below) are short and then give up.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+# What the workflow's `onstart` hands to every job (local jobs inherit the environment, SLURM
+# jobs get it through `sbatch --export=ALL`). Parameters would be the wrong channel: a new
+# parent run id in a rule's params would make Snakemake rerun every job.
+PARENT_ENV = "SVT_MLFLOW_PARENT_RUN_ID"
+COMMIT_ENV = "SVT_GIT_COMMIT"
+CONFIG_HASH_ENV = "SVT_CONFIG_HASH"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -47,6 +59,63 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
+def git_commit(repo: str | os.PathLike = REPO) -> str:
+    """HEAD of the repository the code runs from, "+dirty" when it has local changes; "" when
+    it is not a git checkout (an installed copy)."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                              timeout=20, check=True).stdout.strip()
+    try:
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("+dirty" if dirty else "")
+
+
+def config_hash(cfg: Mapping[str, Any]) -> str:
+    """Short hash of a resolved config: runs with the same hash ran the same settings."""
+    text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def context_tags() -> dict[str, str]:
+    """Tags of a new stage run: its workflow parent, git commit, config hash and SLURM job id,
+    each when known. Without a workflow (``python -m svt.pretrain`` by hand) the run simply
+    has no parent."""
+    tags = {}
+    if parent := os.environ.get(PARENT_ENV):
+        tags["mlflow.parentRunId"] = parent
+    if commit := os.environ.get(COMMIT_ENV) or git_commit():
+        tags["svt.git_commit"] = commit
+    if h := os.environ.get(CONFIG_HASH_ENV):
+        tags["svt.config_hash"] = h
+    if job := os.environ.get("SLURM_JOB_ID"):
+        tags["svt.slurm_job_id"] = job
+    return tags
+
+
+def parse_tags(items: list[str] | None) -> dict[str, str]:
+    """["svt.rule=probe", "svt.wildcards={...}"] -> dict (the value may contain '=')."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--tag {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def add_arguments(ap: argparse.ArgumentParser, experiment: str = "svt") -> None:
+    """The MLflow options every ``python -m svt.<step>`` that logs shares."""
+    g = ap.add_argument_group("MLflow")
+    g.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (none: no tracking)")
+    g.add_argument("--experiment", default=experiment, help="MLflow experiment name")
+    g.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                   help="tag of the run this step creates (the workflow adds svt.rule and "
+                        "svt.wildcards); repeat")
+
+
 def _rejected(err: Exception) -> bool:
     code = getattr(err, "error_code", "")
     return code in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS",
@@ -63,6 +132,7 @@ class Tracker:
         self.retries, self.backoff_s = retries, backoff_s
         self.run_id: str | None = run_id
         self.client = None
+        self._monitor = None
         if not self.enabled:
             return
         from mlflow.tracking import MlflowClient
@@ -72,7 +142,7 @@ class Tracker:
         if run_id is None:
             exp_id = self._call(self._experiment_id, experiment)
             run = self._call(self.client.create_run, exp_id, run_name=run_name,
-                             tags=dict(tags or {})) if exp_id else None
+                             tags={**context_tags(), **(tags or {})}) if exp_id else None
             self.run_id = run.info.run_id if run else None
         else:
             self._call(self.client.update_run, run_id, status="RUNNING")
@@ -84,7 +154,10 @@ class Tracker:
         if exp is not None:
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=artifact_location(self.uri))
+            # "model training", not the GenAI views, is what the dashboard opens on
+            return self.client.create_experiment(
+                name, artifact_location=artifact_location(self.uri),
+                tags={"mlflow.experimentKind": "custom_model_development"})
         except Exception:  # created meanwhile by another process
             return self.client.get_experiment_by_name(name).experiment_id
 
@@ -135,7 +208,87 @@ class Tracker:
             return
         self._call(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
+    def start_system_metrics(self, interval_s: float) -> None:
+        """CPU, memory, disk, network (and GPU, with pynvml) as ``system/*`` metrics every
+        ``interval_s`` seconds, from a background thread, until :meth:`finish`."""
+        if not self.enabled or interval_s <= 0:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s,
+                                                 resume_logging=True, tracking_uri=self.uri)
+            self._monitor.start()
+        except Exception as err:  # e.g. psutil missing: training goes on without them
+            log.warning("MLflow system metrics unavailable: %s", err)
+            self._monitor = None
+
     def finish(self, status: str = "FINISHED") -> None:
+        if self._monitor is not None:
+            try:
+                self._monitor.finish()
+            except Exception as err:
+                log.warning("MLflow system metrics: %s", err)
+            self._monitor = None
         if not self.enabled:
             return
         self._call(self.client.set_terminated, self.run_id, status)
+
+
+# ---- the workflow's parent run (Snakefile onstart / onsuccess / onerror) ------------------
+
+
+def start_workflow_run(uri: str, experiment: str, config: Mapping[str, Any],
+                       config_files: list[str] = (), run_name: str | None = None) -> str | None:
+    """Create the store if needed (once, before any job: several jobs migrating a fresh sqlite
+    file at once crash), the experiment, and the parent run of this workflow invocation with
+    the resolved config as flattened params and as YAML. Exports the parent id, git commit and
+    config hash for the jobs. Returns the run id, or None when tracking is unreachable."""
+    import tempfile
+
+    import yaml
+
+    commit, chash = git_commit(), config_hash(config)
+    os.environ[COMMIT_ENV] = commit
+    os.environ[CONFIG_HASH_ENV] = chash
+    os.environ.pop(PARENT_ENV, None)  # a parent of an outer workflow is not ours
+    name = run_name or f"workflow {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    tags = {"svt.stage": "workflow", "mlflow.source.name": "snakemake",
+            "mlflow.source.type": "PROJECT", "svt.config_files": " ".join(map(str, config_files))}
+    if commit:
+        tags["mlflow.source.git.commit"] = commit.removesuffix("+dirty")
+    tracker = Tracker(uri, experiment, run_name=name, tags=tags)
+    if not tracker.enabled:
+        return None
+    tracker.log_params(flatten(config))
+    with tempfile.TemporaryDirectory() as tmp:
+        resolved = Path(tmp) / "config.yaml"
+        resolved.write_text(f"# resolved config of this run (config hash {chash})\n"
+                            + yaml.safe_dump(dict(config), sort_keys=False))
+        tracker.log_artifact(resolved, "config")
+    for f in config_files:
+        if Path(f).is_file():
+            tracker.log_artifact(f, "config/files")
+    os.environ[PARENT_ENV] = tracker.run_id
+    log.info("MLflow parent run %s in experiment %s (%s)", tracker.run_id, experiment, uri)
+    return tracker.run_id
+
+
+def end_workflow_run(uri: str, status: str) -> None:
+    """Close the parent run. When the workflow failed, stage runs it left RUNNING (a killed or
+    failed job) are marked FAILED too, so the dashboard shows no run running forever."""
+    run_id = os.environ.get(PARENT_ENV)
+    if not run_id:
+        return
+    tracker = Tracker(uri, "", run_id=run_id, retries=2)
+    if not tracker.enabled:
+        return
+    if status != "FINISHED":
+        parent = tracker._call(tracker.client.get_run, run_id)
+        exp = [parent.info.experiment_id] if parent else []
+        for key in ("mlflow.parentRunId", "svt.resumed_by_parent"):
+            runs = tracker._call(tracker.client.search_runs, exp, filter_string=(
+                f"tags.`{key}` = '{run_id}' and attributes.status = 'RUNNING'")) if exp else None
+            for run in runs or []:
+                tracker._call(tracker.client.set_terminated, run.info.run_id, "FAILED")
+    tracker.finish(status)

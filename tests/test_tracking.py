@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
+import yaml
 from mlflow.tracking import MlflowClient
 
-from svt.tracking import Tracker, artifact_location, flatten
+from conftest import REPO
+from svt.tracking import (COMMIT_ENV, CONFIG_HASH_ENV, PARENT_ENV, Tracker, artifact_location,
+                          config_hash, end_workflow_run, flatten, git_commit, start_workflow_run)
 
 
 def test_flatten_nested_config():
@@ -54,3 +61,139 @@ def test_unreachable_server_warns_and_carries_on(caplog):
     assert not t.enabled
     t.log_metrics({"loss": 1.0}, 1)  # silently skipped
     assert "MLflow unavailable" in caplog.text
+
+
+def _isolated_env(monkeypatch):
+    """start_workflow_run exports the parent id etc.; monkeypatch puts the old values back."""
+    for key in (PARENT_ENV, COMMIT_ENV, CONFIG_HASH_ENV):
+        monkeypatch.setenv(key, "")
+
+
+WRITER = """
+import sys
+from svt.tracking import Tracker
+uri, steps, i = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+t = Tracker(uri, "concurrent", run_name=f"writer-{i}", tags={"svt.rule": "writer"})
+assert t.enabled, "tracking was disabled"
+t.log_params({"writer": i, "steps": steps})
+for step in range(steps):
+    t.log_metrics({"loss": 100.0 * int(i) + step, "acc": step / steps}, step)
+t.log_artifact(sys.argv[4], "notes")
+t.finish()
+print(t.run_id)
+"""
+
+
+def test_concurrent_processes_log_to_one_embedded_store(tmp_path, monkeypatch):
+    """Six real processes log into one fresh sqlite store at once (created once first, as the
+    workflow's onstart does): none crashes, none is disabled, no metric is lost."""
+    _isolated_env(monkeypatch)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = start_workflow_run(uri, "concurrent", {"optim": {"lr": 0.1}, "experiment": "x"})
+    assert parent and os.environ[PARENT_ENV] == parent
+    note = tmp_path / "note.txt"
+    note.write_text("hello")
+    n, steps = 6, 40
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, uri, str(steps), str(i), str(note)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(n)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+        assert "MLflow unavailable" not in err and "MLflow refused" not in err, err[-2000:]
+    end_workflow_run(uri, "FINISHED")
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("concurrent")
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(r.info.run_id for r in children) == sorted(out.strip() for out, _ in outs)
+    for r in children:
+        i = int(r.data.params["writer"])
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["svt.config_hash"] == client.get_run(parent).data.tags["svt.config_hash"]
+        loss = client.get_metric_history(r.info.run_id, "loss")
+        assert sorted((m.step, m.value) for m in loss) == [(s, 100.0 * i + s) for s in range(steps)]
+        assert len(client.get_metric_history(r.info.run_id, "acc")) == steps
+        assert [a.path for a in client.list_artifacts(r.info.run_id, "notes")] == ["notes/note.txt"]
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_parent_run_records_the_config_and_a_failed_workflow_fails_its_open_stages(tmp_path, monkeypatch):
+    _isolated_env(monkeypatch)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = {"experiment": "x", "optim": {"lr": 0.1, "betas": [0.9, 0.99]}}
+    cfg_file = tmp_path / "preset.yaml"
+    cfg_file.write_text("optim: {lr: 0.1}\n")
+    parent = start_workflow_run(uri, "wf", cfg, [str(cfg_file)])
+    done = Tracker(uri, "wf", run_name="done")
+    done.finish()
+    killed = Tracker(uri, "wf", run_name="killed")  # a job that died without closing its run
+    monkeypatch.setenv(PARENT_ENV, "")
+    manual = Tracker(uri, "wf", run_name="manual")  # `python -m svt.<step>` by hand: no parent
+    monkeypatch.setenv(PARENT_ENV, parent)
+    end_workflow_run(uri, "FAILED")
+    client = MlflowClient(uri)
+    run = client.get_run(parent)
+    assert run.info.status == "FAILED"
+    assert run.data.params == {"experiment": "x", "optim.lr": "0.1", "optim.betas": "[0.9, 0.99]"}
+    assert run.data.tags["svt.config_hash"] == config_hash(cfg)
+    assert run.data.tags["svt.git_commit"] == git_commit() != ""
+    names = {a.path for a in client.list_artifacts(parent, "config")}
+    assert names == {"config/config.yaml", "config/files"}
+    saved = yaml.safe_load(Path(client.download_artifacts(parent, "config/config.yaml", str(tmp_path))).read_text())
+    assert saved == cfg
+    assert {a.path for a in client.list_artifacts(parent, "config/files")} == {"config/files/preset.yaml"}
+    assert client.get_run(done.run_id).info.status == "FINISHED"
+    assert client.get_run(killed.run_id).info.status == "FAILED"
+    assert client.get_run(killed.run_id).data.tags["mlflow.parentRunId"] == parent
+    assert client.get_run(manual.run_id).info.status == "RUNNING"  # not ours: left alone
+    assert "mlflow.parentRunId" not in client.get_run(manual.run_id).data.tags
+
+
+def test_tracking_server_script_http_logging_and_stop_by_pid(tmp_path, monkeypatch):
+    """Cluster mode: scripts/mlflow-server.sh starts one server on 127.0.0.1 with a PID file;
+    a workflow parent and several processes log over HTTP (artifacts uploaded through it);
+    `stop` ends it by its PID."""
+    _isolated_env(monkeypatch)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RESULTS": str(tmp_path / "results"), "PORT": str(port),
+           "VENV": str(Path(sys.executable).parent.parent)}
+    script = [str(REPO / "scripts" / "mlflow-server.sh")]
+    started = subprocess.run(["bash", *script, "start"], env=env, capture_output=True, text=True,
+                             timeout=300)
+    pidfile = tmp_path / "results" / "mlflow-server.pid"
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in started.stdout
+        pid = int(pidfile.read_text())
+        uri = f"http://127.0.0.1:{port}"
+        parent = start_workflow_run(uri, "concurrent", {"optim": {"lr": 0.1}})  # WRITER's experiment
+        assert parent
+        note = tmp_path / "note.txt"
+        note.write_text("over http")
+        procs = [subprocess.Popen([sys.executable, "-c", WRITER, uri, "10", str(i), str(note)],
+                                  env={**os.environ, "PYTHONPATH": str(REPO)},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(3)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in outs]
+        end_workflow_run(uri, "FINISHED")
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("concurrent")
+        children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+        assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
+        for r in children:
+            assert len(client.get_metric_history(r.info.run_id, "loss")) == 10
+            assert r.info.artifact_uri.startswith("mlflow-artifacts:")  # through the server
+        assert list((tmp_path / "results" / "mlartifacts").rglob("note.txt"))
+        assert client.get_run(parent).info.status == "FINISHED"
+    finally:
+        stopped = subprocess.run(["bash", *script, "stop"], env=env, capture_output=True, text=True,
+                                 timeout=120)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert not pidfile.exists()
+    status = Path(f"/proc/{pid}/status")
+    alive = status.exists() and "\nState:\tZ" not in status.read_text()  # a zombie has ended
+    assert not alive, f"mlflow server PID {pid} still running"

@@ -3,6 +3,7 @@
 import functools
 import hashlib
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -176,9 +177,8 @@ def curate_args(wildcards, input) -> str:
              "--sample-fps", str(c["sample_fps"]), "--size", str(c["size"]),
              "--static", "on" if c["static"] else "off",
              "--duplicates", "on" if c["duplicates"] else "off",
-             "--decoder", config["pretrain"]["decoder"],
-             "--tracking-uri", tracking_uri(), "--experiment", tracking_experiment()]
-    return shlex.join(args)
+             "--decoder", config["pretrain"]["decoder"]]
+    return f"{shlex.join(args)} {tracking_args('curate')(wildcards)}"
 
 
 # ---- pretraining ------------------------------------------------------------------------
@@ -214,12 +214,57 @@ def pretrain_config_json() -> str:
 
 
 def tracking_uri() -> str:
-    uri = config["tracking"]["uri"]
+    """tracking.uri, else $MLFLOW_TRACKING_URI (e.g. a server started with
+    scripts/mlflow-server.sh), else the embedded sqlite store <results_dir>/mlflow.db."""
+    uri = config["tracking"]["uri"] or os.environ.get("MLFLOW_TRACKING_URI", "")
     return uri or f"sqlite:///{Path(config['results_dir']).absolute() / 'mlflow.db'}"
 
 
 def tracking_experiment() -> str:
     return config["tracking"]["experiment"] or config["experiment"]
+
+
+# Jobs (local, or SLURM with sbatch --export=ALL) read the tracking URI from here.
+TRACKING_ENV = "SVT_TRACKING_URI"
+os.environ[TRACKING_ENV] = tracking_uri()
+
+
+def tracking_args(rule_name: str):
+    """Params function: where a step logs, and the tags of its MLflow child run (rule and
+    wildcards). The parent run id, git commit and config hash reach the job through the
+    environment (svt.tracking.PARENT_ENV ...), not through params, which would rerun jobs."""
+    def args(wildcards) -> str:
+        out = ["--experiment", tracking_experiment(), "--tag", f"svt.rule={rule_name}"]
+        wc = dict(wildcards.items())
+        if wc:
+            pairs = ",".join(f"{k}={v}" for k, v in sorted(wc.items()))
+            out += ["--tag", f"svt.wildcards={pairs}"]
+        # the URI comes from the environment (see TRACKING_ENV): pointing the workflow at a
+        # tracking server must not rerun every job, as a changed param would
+        return f'--tracking-uri "${TRACKING_ENV}" {shlex.join(out)}'
+
+    return args
+
+
+def start_tracking() -> None:
+    """onstart: the MLflow store, experiment and this invocation's parent run."""
+    from svt.tracking import start_workflow_run
+
+    files = list(dict.fromkeys(str(f) for f in workflow.configfiles))
+    run_id = start_workflow_run(tracking_uri(), tracking_experiment(), config, files)
+    if run_id:
+        print(f"MLflow: parent run {run_id} in experiment '{tracking_experiment()}' at "
+              f"{tracking_uri()} (make dashboard)", file=sys.stderr)
+    else:
+        print(f"MLflow: {tracking_uri()} is unreachable; the stages run untracked",
+              file=sys.stderr)
+
+
+def end_tracking(status: str) -> None:
+    """onsuccess / onerror: close the parent run."""
+    from svt.tracking import end_workflow_run
+
+    end_workflow_run(tracking_uri(), status)
 
 
 # ---- cluster requests (used by the SLURM executor; local runs ignore them) ---------------

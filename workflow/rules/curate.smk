@@ -9,10 +9,13 @@ rule curate:
         unpack(curate_manifests),
     output:
         manifest=f"{curate_dir()}/pretrain_manifest.csv",
-        duplicates=report(f"{curate_dir()}/duplicates.tsv", category="curation"),
+        duplicates=report(f"{curate_dir()}/duplicates.tsv", category="curation",
+                          caption="../report/duplicates.rst"),
         summary=f"{curate_dir()}/summary.json",
-        motion=report(f"{curate_dir()}/motion_energy.png", category="curation"),
-        pairs=report(f"{curate_dir()}/duplicates.png", category="curation"),
+        motion=report(f"{curate_dir()}/motion_energy.png", category="curation",
+                      caption="../report/motion_energy.rst"),
+        pairs=report(f"{curate_dir()}/duplicates.png", category="curation",
+                     caption="../report/duplicate_pairs.rst"),
     params:
         args=curate_args,
         out_dir=lambda wc, output: Path(output.manifest).parent,

@@ -57,17 +57,21 @@ rule decode_report:
     input:
         shard_manifests,
     output:
-        rejects=f"{DATA}/rejects.csv",
-        summary=f"{DATA}/summary.json",
+        rejects=report(f"{DATA}/rejects.csv", category="data", subcategory="{dataset}",
+                       caption="../report/rejects.rst"),
+        summary=report(f"{DATA}/summary.json", category="data", subcategory="{dataset}",
+                       caption="../report/data_summary.rst"),
     params:
         code=source_hash("decode", "manifest"),
+        track=tracking_args("decode_report"),
     log:
         f"{DATA_LOGS}/report.log",
     conda:
         "../../envs/video.yaml"
     shell:
         "python -m svt.decode report --shards {input:q} --rejects {output.rejects:q}"
-        " --summary {output.summary:q} > {log:q} 2>&1"
+        " --summary {output.summary:q} --run-name data/{wildcards.dataset:q} {params.track}"
+        " > {log:q} 2>&1"
 
 
 rule manifest:

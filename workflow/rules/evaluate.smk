@@ -69,13 +69,13 @@ rule probe:
     output:
         metrics=f"{EVAL}/{{kind}}/{{dataset}}/probe-{{phash}}/metrics.json",
         confusion=report(f"{EVAL}/{{kind}}/{{dataset}}/probe-{{phash}}/confusion_slow_fast.png",
-                         category="evaluation"),
+                         category="evaluation", subcategory="{kind}-{dataset}",
+                         caption="../report/confusion.rst"),
     params:
         out_dir=lambda wc, output: Path(output.metrics).parent,
         ev=config["evaluate"],
         seed=config["optim"]["seed"],
-        uri=tracking_uri(),
-        experiment=tracking_experiment(),
+        track=tracking_args("probe"),
         run=run_json_args,
         code=source_hash("probe", "evaluate"),
     resources:
@@ -93,8 +93,8 @@ rule probe:
         " --batch-size {params.ev[probe_batch_size]} --momentum {params.ev[probe_momentum]}"
         " --combine {params.ev[combine]} --knn-k {params.ev[knn_k]}"
         " --knn-temperature {params.ev[knn_temperature]} --seed {params.seed}"
-        " --tracking-uri {params.uri:q} --experiment {params.experiment:q} {params.run}"
-        " --prefix {wildcards.kind}/{wildcards.dataset} > {log:q} 2>&1"
+        " {params.track} {params.run}"
+        " --prefix {wildcards.kind}-{wildcards.dataset} > {log:q} 2>&1"
 
 
 rule eval_table:
@@ -108,12 +108,14 @@ rule eval_table:
             }
         ),
     output:
-        report(f"{EVAL}/probe-{{phash}}/table.md", category="evaluation"),
+        report(f"{EVAL}/probe-{{phash}}/table.md", category="evaluation",
+               caption="../report/table.rst"),
     params:
         rows=lambda wc, input: shlex.join(f"--table={name}={path}" for name, path in input.items()),
+        track=tracking_args("eval_table"),
     log:
         f"{EVAL_LOGS}/table-{{phash}}.log",
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m svt.probe {params.rows} --table-out {output:q} 2>&1 | tee {log:q}"
+        "python -m svt.probe {params.rows} --table-out {output:q} {params.track} 2>&1 | tee {log:q}"

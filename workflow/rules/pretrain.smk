@@ -10,7 +10,8 @@ rule pretrain:
         manifest=pretrain_manifest,
     output:
         backbone=f"{pretrain_dir()}/teacher_backbone.pth",
-        curves=report(f"{pretrain_dir()}/curves.png", category="pretraining"),
+        curves=report(f"{pretrain_dir()}/curves.png", category="pretraining",
+                      caption="../report/curves.rst"),
         run=f"{pretrain_dir()}/run.json",
     params:
         recipe=pretrain_config_json(),
@@ -18,8 +19,8 @@ rule pretrain:
         out_dir=lambda wc, output: Path(output.backbone).parent,
         ckpt_dir=lambda wc, output: Path(output.backbone).parent / "checkpoints",
         knn=knn_args,
-        uri=tracking_uri(),
-        experiment=tracking_experiment(),
+        track=tracking_args("pretrain"),
+        mlflow="--log-checkpoint" if config["tracking"]["log_checkpoints"] else "",
         code=source_hash("pretrain", "model", "posembed", "views", "loss", "loader", "checkpoint",
                          "evaluate", "launch"),
     threads: config["pretrain"]["devices_per_node"] * (config["pretrain"]["num_workers"] + 1)
@@ -41,4 +42,5 @@ rule pretrain:
         " --decoder {config[pretrain][decoder]} --log-every {config[pretrain][log_every]}"
         " --checkpoint-every {config[pretrain][checkpoint_every]}"
         " --knn-every {config[pretrain][knn_every]} {params.knn}"
-        " --tracking-uri {params.uri:q} --experiment {params.experiment:q} >> {log:q} 2>&1"
+        " --system-metrics-s {config[tracking][system_metrics_s]} {params.track} {params.mlflow}"
+        " >> {log:q} 2>&1"
