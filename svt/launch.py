@@ -34,11 +34,11 @@ def rendezvous_port(job_id: str) -> int:
 def first_host(nodelist: str) -> str:
     """The first host of a SLURM node list ('gpu[03-05,07]' -> 'gpu03'), via scontrol when
     available (it knows every syntax), else a small parser for the common forms."""
-    if shutil.which("scontrol"):
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                             text=True, check=True).stdout.split()
-        if out:
-            return out[0]
+    if shutil.which("scontrol"):  # fails without a slurm.conf: then the parser below
+        res = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                             text=True, check=False)
+        if res.returncode == 0 and res.stdout.split():
+            return res.stdout.split()[0]
     head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist
     if "[" in head:
         prefix, rest = head.split("[", 1)

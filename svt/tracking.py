@@ -225,8 +225,19 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         if self._monitor is not None:
+            mon = self._monitor
             try:
-                self._monitor.finish()
+                # MLflow's monitor publishes only after a full sampling interval and drops the
+                # samples of a partial one: stop it, then publish what it collected, so a run
+                # shorter than the interval still has its system metrics.
+                mon._shutdown_event.set()
+                if mon._process is not None:
+                    mon._process.join()
+                metrics = mon.aggregate_metrics()
+                if metrics:
+                    mon.publish_metrics(metrics)
+                mon.finish()  # flushes the batched metrics
+                mon.mlflow_logger.flush()
             except Exception as err:
                 log.warning("MLflow system metrics: %s", err)
             self._monitor = None

@@ -44,6 +44,19 @@ def test_logs_to_embedded_store_and_resumes_the_same_run(tmp_path):
     assert artifact_location(uri) == (tmp_path / "mlartifacts").as_uri()
 
 
+def test_run_shorter_than_the_sampling_interval_still_has_system_metrics(tmp_path):
+    """MLflow's monitor would drop a partial interval; a 1-s run with a 60-s interval keeps
+    one sample, published at finish."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "sysmetrics")
+    tracker.start_system_metrics(60)
+    tracker.log_metrics({"loss": 1.0}, step=1)
+    tracker.finish()
+    run = MlflowClient(uri).get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+
+
 def test_disabled_tracker_is_a_no_op():
     t = Tracker(None, "exp")
     assert not t.enabled and t.run_id is None
