@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,17 @@ def snakemake(workdir: Path, *args: str, check: bool = True, **popen) -> subproc
     if check:
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res
+
+
+def stop_group(proc: subprocess.Popen, sig: int, timeout: float = 30) -> None:
+    """Signal a process started with start_new_session=True and all its children; SIGKILL
+    them if they are still there after ``timeout`` seconds."""
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def tiny_pipeline_config(demo: Path, experiment: str = "t") -> dict:

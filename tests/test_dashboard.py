@@ -26,10 +26,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
+from conftest import REPO, snakemake, stop_group, tiny_pipeline_config
 from svt.demo_data import generate
 from svt.tracking import git_commit
-from test_workflow import snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -40,31 +39,13 @@ STAGES = {"data/demo": "decode_report", "curate": "curate", "pretrain": "pretrai
           "probe/pretrained-demo": "probe", "probe/random-demo": "probe"}
 HEADLINE = "eval/pretrained-demo/slow_fast/linear_top1"  # the number users compare
 
-TINY = {
-    "experiment": "t",
-    "decode": {"short_side": 36, "shards": 1, "threads": 2},
-    "model": {"embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 32, "num_frames": 4,
-              "drop_path_rate": 0.0},
-    "views": {"global_frames": [2, 4], "global_size": 32, "local_frames": [2, 2], "local_size": 16},
-    "augment": {"hflip": 0.0},
-    "loss": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16},
-    "optim": {"epochs": 2, "warmup_epochs": 1, "batch_size_per_gpu": 4},
-    "pretrain": {"devices_per_node": 1, "num_workers": 0, "checkpoint_every": 2, "log_every": 1},
-    "tracking": {"system_metrics_s": 1},
-    "evaluate": {"slow_frames": 4, "slow_size": 32, "fast_frames": 8, "fast_size": 16,
-                 "crops": 1, "probe_epochs": 5, "probe_batch_size": 4},
-}
-
-
 @pytest.fixture(scope="module")
 def workflow_run(tmp_path_factory):
     """One real workflow run of the whole pipeline on a tiny generated dataset."""
     work = tmp_path_factory.mktemp("dashboard")
     generate(work / "ucf", seed=1, classes=4, groups=3, clips=1, frames=24, size=(80, 60), jobs=2,
              progress=False)
-    cfg = {**TINY, "data": {"pretrain": "demo", "evaluate": ["demo"], "extra": [], "datasets": {
-        "demo": {"format": "ucf101", "root": str(work / "ucf" / "videos"),
-                 "annotations": str(work / "ucf" / "splits")}}}}
+    cfg = {**tiny_pipeline_config(work / "ucf"), "tracking": {"system_metrics_s": 1}}
     path = work / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     snakemake(work, "--configfile", str(path))
@@ -265,9 +246,4 @@ def test_dashboard_shows_the_parent_its_children_and_a_metric(workflow_run):
         for name in STAGES:
             assert name in children[:500], (name, children[:500])
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # make and the mlflow processes it started
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server, signal.SIGTERM)  # make and the mlflow processes it started

@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, snakemake, tiny_pipeline_config
+from conftest import REPO, snakemake, stop_group, tiny_pipeline_config
 from svt.demo_data import generate
 
 pytestmark = pytest.mark.slow
@@ -287,11 +287,7 @@ def test_time_limit_kill_resumes_from_the_checkpoint(slurm_run, local_run):
 
         timeouts, jobs, text = _wait(resumed, 300, "a timed-out pretraining job and its resumed retry", proc)
     finally:
-        os.killpg(proc.pid, signal.SIGINT)  # snakemake cancels its SLURM jobs on interrupt
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, signal.SIGINT, timeout=60)  # snakemake cancels its jobs on interrupt
         cancel_all(wd)
     assert len(jobs) >= 2 and jobs.index(timeouts[0]) < len(jobs) - 1  # a later job is the retry
     saved = [int(s) for s in re.findall(r"stop requested; saved step (\d+)", text)]
