@@ -39,18 +39,15 @@ def first_host(nodelist: str) -> str:
                              text=True, check=False)
         if res.returncode == 0 and res.stdout.split():
             return res.stdout.split()[0]
-    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist
-    if "[" in head:
-        prefix, rest = head.split("[", 1)
-        first = rest.split(",")[0].split("-")[0].rstrip("]")
-        return prefix + first
-    return head
+    head = nodelist.split(",")[0]
+    if "[" not in head:
+        return head
+    prefix, rest = nodelist.split("[", 1)
+    return prefix + rest.split(",")[0].split("-")[0].rstrip("]")
 
 
-def torchrun_args(nodes: int, nproc: int, env: Mapping[str, str], standalone: bool) -> list[str]:
-    """torchrun's arguments for this process's place in the job."""
-    if standalone:
-        return ["--standalone", "--nproc-per-node", str(nproc)]
+def torchrun_args(nodes: int, nproc: int, env: Mapping[str, str]) -> list[str]:
+    """torchrun's arguments for this srun task's node: a static rendezvous from SLURM's env."""
     missing = [k for k in ("SLURM_JOB_ID", "SLURM_NODEID", "SLURM_NNODES") if k not in env]
     nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
     if missing or not nodelist:
@@ -71,7 +68,7 @@ def command(nodes: int, nproc: int, srun: bool, args: Sequence[str],
     python = sys.executable
     torchrun = [python, "-m", "torch.distributed.run"]  # torchrun, with this interpreter
     if env.get(IN_STEP) == "1":  # a per-node task started by the srun below
-        return [*torchrun, *torchrun_args(nodes, nproc, env, standalone=False), *args]
+        return [*torchrun, *torchrun_args(nodes, nproc, env), *args]
     if nodes > 1 or srun:
         if "SLURM_JOB_ID" not in env or not shutil.which("srun"):
             raise SystemExit(f"svt.launch: pretrain.nodes={nodes} needs a SLURM job: run the "
@@ -82,7 +79,7 @@ def command(nodes: int, nproc: int, srun: bool, args: Sequence[str],
                 python, "-m", "svt.launch", "--nodes", str(nodes),
                 "--nproc-per-node", str(nproc), "--", *args]
     if nproc > 1:
-        return [*torchrun, *torchrun_args(1, nproc, env, standalone=True), *args]
+        return [*torchrun, "--standalone", "--nproc-per-node", str(nproc), *args]
     return [python, *args]
 
 
@@ -102,7 +99,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.error("--nodes and --nproc-per-node must be >= 1, and a command must follow --")
     cmd = command(opts.nodes, opts.nproc_per_node, opts.srun, args, os.environ)
     print("svt.launch:", " ".join(cmd), file=sys.stderr, flush=True)
-    sys.stderr.flush()
     os.execvp(cmd[0], cmd)
 
 
