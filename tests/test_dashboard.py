@@ -87,7 +87,7 @@ def test_one_parent_run_with_a_child_per_stage(workflow_run, tmp_path):
 
     # evaluation: the table's numbers on the parent, each probe's in its own run
     (table,) = out.glob("evaluate/*/probe-*/table.md")
-    metrics = {kind: json.loads(next(out.glob(f"evaluate/*/{kind}/demo/probe-*/metrics.json")).read_text())
+    metrics = {kind: json.loads(next(out.glob(f"evaluate/{kind}-*/demo-*/probe-*/metrics.json")).read_text())
                for kind in ("pretrained", "random")}
     assert parent.data.metrics[HEADLINE] == pytest.approx(metrics["pretrained"]["slow_fast"]["linear"]["top1"])
     assert parent.data.metrics["eval/random-demo/fast/knn_top1"] == pytest.approx(

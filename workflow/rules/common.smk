@@ -320,24 +320,52 @@ def backbone_kinds() -> list[str]:
     return [main, "random"] if config["evaluate"]["random_baseline"] else [main]
 
 
-def features_hash() -> str:
-    """What the cached features depend on (not the probe settings: changing those must not
-    re-extract features)."""
-    ev = config["evaluate"]
-    source = ev["backbone"] or pretrain_hash()
-    return stage_hash({
-        "backbone": source, "model": config["model"], "seed": config["optim"]["seed"],
-        "data": {d: data_hash(d) for d in config["data"]["evaluate"]},
-        "views": {k: v for k, v in ev.items() if k not in PROBE_KEYS},
-    })
+FEATURE_KEYS = ("slow_frames", "slow_size", "fast_frames", "fast_size", "clips", "crops")
+BACKBONE_KINDS = ("pretrained", "imported", "random")
 
 
-def evaluate_dir() -> str:
-    return f"{RESULTS}/evaluate/{features_hash()}"
+def backbone_hash(kind: str) -> str:
+    """What one backbone's adapted weights and cached features depend on. Each backbone has its
+    own folder, so a new pretraining re-extracts only its own features, never the random
+    baseline's (which depends on the architecture, the seed and the views alone)."""
+    model = {k: v for k, v in config["model"].items() if k != "init"}
+    views = {k: config["evaluate"][k] for k in FEATURE_KEYS}
+    if kind == "pretrained":
+        source = {"pretrain": pretrain_hash()}
+    elif kind == "imported":
+        source = {"backbone": config["evaluate"]["backbone"], "model": model}
+    elif kind == "random":
+        source = {"model": model, "seed": config["optim"]["seed"]}
+    else:
+        raise ValueError(f"unknown backbone kind {kind!r}; known: {', '.join(BACKBONE_KINDS)}")
+    return stage_hash({"kind": kind, **source, "views": views})
+
+
+def backbone_dir(kind: str) -> str:
+    return f"{RESULTS}/evaluate/{kind}-{backbone_hash(kind)}"
+
+
+def checked_backbone(wildcards) -> str:
+    """The backbone kind behind an evaluation path, refusing folders of another config."""
+    if wildcards.khash != backbone_hash(wildcards.kind):
+        raise ValueError(
+            f"{RESULTS}/evaluate/{wildcards.kind}-{wildcards.khash} belongs to another config "
+            f"(this config's {wildcards.kind} folder is {backbone_dir(wildcards.kind)})")
+    return wildcards.kind
+
+
+def features_dir(kind: str, dataset: str) -> str:
+    return f"{backbone_dir(kind)}/{dataset}-{data_hash(dataset)}"
 
 
 def probe_hash() -> str:
     return stage_hash({k: config["evaluate"][k] for k in PROBE_KEYS})
+
+
+def table_hash() -> str:
+    """The final table depends on every evaluated backbone and dataset."""
+    return stage_hash({"backbones": {k: backbone_hash(k) for k in backbone_kinds()},
+                       "data": {d: data_hash(d) for d in config["data"]["evaluate"]}})
 
 
 def geometries() -> list[str]:
@@ -347,9 +375,10 @@ def geometries() -> list[str]:
 
 
 def adapt_inputs(wildcards) -> dict:
-    if wildcards.kind == "pretrained":
+    kind = checked_backbone(wildcards)
+    if kind == "pretrained":
         return {"backbone": rules.pretrain.output.backbone}
-    if wildcards.kind == "imported":
+    if kind == "imported":
         return {"backbone": config["evaluate"]["backbone"]}
     return {}
 
@@ -371,14 +400,23 @@ def eval_test_split(name: str) -> str:
 
 
 def features_manifest(wildcards) -> str:
+    checked_backbone(wildcards)
+    dataset_of(wildcards)
     split = "train" if wildcards.split == "train" else eval_test_split(wildcards.dataset)
     return f"{data_dir(wildcards.dataset)}/manifest/{split}.csv"
 
 
 def probe_features(wildcards) -> dict:
-    base = f"{evaluate_dir()}/{wildcards.kind}/{wildcards.dataset}"
+    checked_backbone(wildcards)
+    dataset_of(wildcards)
+    base = features_dir(wildcards.kind, wildcards.dataset)
     return {f"{split}_{geom}": f"{base}/{split}_{geom}.pt"
             for split in ("train", "test") for geom in ("slow", "fast")}
+
+
+def table_inputs(wildcards) -> dict:
+    return {f"{kind}-{d}": f"{features_dir(kind, d)}/probe-{wildcards.phash}/metrics.json"
+            for kind in backbone_kinds() for d in config["data"]["evaluate"]}
 
 
 def run_json_args(wildcards, input) -> str:
@@ -387,7 +425,7 @@ def run_json_args(wildcards, input) -> str:
 
 
 def evaluate_outputs(wildcards=None) -> list[str]:
-    return [f"{evaluate_dir()}/probe-{probe_hash()}/table.md"]
+    return [f"{RESULTS}/evaluate/table-{table_hash()}/probe-{probe_hash()}/table.md"]
 
 
 def pretrain_outputs(wildcards=None) -> list[str]:

@@ -1,10 +1,22 @@
 # Evaluation stage: frozen backbones -> slow and fast features per split -> linear probe + kNN.
-# <results>/<experiment>/evaluate/<hash of backbone + geometry + data>/<kind>/<dataset>/...
-# Features are cached per split and view; the probe lives in probe-<hash of probe settings>/,
-# so changing a probe setting reruns only the probe.
+#   <results>/<experiment>/evaluate/<kind>-<hash>/adapted.pth       one folder per backbone
+#                                  .../<dataset>-<dhash>/<split>_<view>.pt
+#                                  .../<dataset>-<dhash>/probe-<phash>/metrics.json
+#   <results>/<experiment>/evaluate/table-<hash>/probe-<phash>/table.md
+# Each backbone's folder is named by what its features depend on (backbone_hash), so a new
+# pretraining leaves the random baseline's features alone; the probe lives in
+# probe-<hash of the probe settings>/, so changing a probe setting reruns only the probe.
 
-EVAL = evaluate_dir()
-EVAL_LOGS = f"{LOGS}/evaluate/{features_hash()}"
+EVAL = f"{RESULTS}/evaluate/{{kind}}-{{khash}}"
+EVAL_DATA = f"{EVAL}/{{dataset}}-{{dhash}}"
+EVAL_LOGS = f"{LOGS}/evaluate/{{kind}}-{{khash}}"
+
+
+wildcard_constraints:
+    kind="|".join(BACKBONE_KINDS),
+    khash="[0-9a-f]{10}",
+    thash="[0-9a-f]{10}",
+    phash="[0-9a-f]{10}",
 
 
 rule adapt:
@@ -12,7 +24,7 @@ rule adapt:
     input:
         unpack(adapt_inputs),
     output:
-        f"{EVAL}/{{kind}}/adapted.pth",
+        f"{EVAL}/adapted.pth",
     params:
         args=adapt_args,
         code=source_hash("adapt", "evaluate", "model", "posembed"),
@@ -21,7 +33,7 @@ rule adapt:
         mem_mb=8192,
         runtime=30,
     log:
-        f"{EVAL_LOGS}/{{kind}}/adapt.log",
+        f"{EVAL_LOGS}/adapt.log",
     conda:
         "../../envs/torch.yaml"
     shell:
@@ -31,10 +43,10 @@ rule adapt:
 rule features:
     """CLS features of the frozen backbone for one split and view (clips x crops averaged)."""
     input:
-        backbone=f"{EVAL}/{{kind}}/adapted.pth",
+        backbone=f"{EVAL}/adapted.pth",
         manifest=features_manifest,
     output:
-        f"{EVAL}/{{kind}}/{{dataset}}/{{split}}_{{geom}}.pt",
+        f"{EVAL_DATA}/{{split}}_{{geom}}.pt",
     params:
         videos=lambda wc, input: Path(input.manifest).parent.parent / "videos",
         clips=config["evaluate"]["clips"],
@@ -50,7 +62,7 @@ rule features:
         mem_mb=8192,
         runtime=config["cluster"]["evaluate_runtime"],
     log:
-        f"{EVAL_LOGS}/{{kind}}/{{dataset}}/features-{{split}}-{{geom}}.log",
+        f"{EVAL_LOGS}/{{dataset}}-{{dhash}}/features-{{split}}-{{geom}}.log",
     conda:
         "../../envs/torch.yaml"
     shell:
@@ -67,13 +79,13 @@ rule probe:
         classes=lambda wc: f"{data_dir(wc.dataset)}/classes.txt",
         run=lambda wc: rules.pretrain.output.run if not config["evaluate"]["backbone"] else [],
     output:
-        metrics=f"{EVAL}/{{kind}}/{{dataset}}/probe-{{phash}}/metrics.json",
-        confusion=report(f"{EVAL}/{{kind}}/{{dataset}}/probe-{{phash}}/confusion_slow_fast.png",
+        metrics=f"{EVAL_DATA}/probe-{{phash}}/metrics.json",
+        confusion=report(f"{EVAL_DATA}/probe-{{phash}}/confusion_slow_fast.png",
                          category="evaluation", subcategory="{kind}-{dataset}",
                          caption="../report/confusion.rst"),
     params:
         out_dir=lambda wc, output: Path(output.metrics).parent,
-        ev=config["evaluate"],
+        ev={k: config["evaluate"][k] for k in PROBE_KEYS},
         seed=config["optim"]["seed"],
         track=tracking_args("probe"),
         run=run_json_args,
@@ -83,7 +95,7 @@ rule probe:
         mem_mb=8192,
         runtime=120,
     log:
-        f"{EVAL_LOGS}/{{kind}}/{{dataset}}/probe-{{phash}}.log",
+        f"{EVAL_LOGS}/{{dataset}}-{{dhash}}/probe-{{phash}}.log",
     conda:
         "../../envs/torch.yaml"
     shell:
@@ -100,21 +112,15 @@ rule probe:
 rule eval_table:
     """The final side-by-side table: backbones x (slow, fast, slow-fast), per dataset."""
     input:
-        unpack(
-            lambda wc: {
-                f"{kind}-{d}": f"{EVAL}/{kind}/{d}/probe-{wc.phash}/metrics.json"
-                for kind in backbone_kinds()
-                for d in config["data"]["evaluate"]
-            }
-        ),
+        unpack(table_inputs),
     output:
-        report(f"{EVAL}/probe-{{phash}}/table.md", category="evaluation",
+        report(f"{RESULTS}/evaluate/table-{{thash}}/probe-{{phash}}/table.md", category="evaluation",
                caption="../report/table.rst"),
     params:
         rows=lambda wc, input: shlex.join(f"--table={name}={path}" for name, path in input.items()),
         track=tracking_args("eval_table"),
     log:
-        f"{EVAL_LOGS}/table-{{phash}}.log",
+        f"{LOGS}/evaluate/table-{{thash}}/probe-{{phash}}.log",
     conda:
         "../../envs/torch.yaml"
     shell:

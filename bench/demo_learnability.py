@@ -1,0 +1,276 @@
+"""Can the demo model learn a demo data design at all? Check it before running the workflow.
+
+    python bench/demo_learnability.py [--preset config/demo.yaml] [--classes all|N|A,B,...]
+        [--groups 8] [--clips 2] [--mode random,supervised,ssl] [--steps 300]
+        [--background textured|flat|by-class] [--set NAME=VALUE ...] [--cfg KEY=VALUE ...]
+
+Renders demo videos in memory (``svt.demo_data.render_clip``, resized to the demo decode's
+short side, no encoding), splits them into train/test groups as the dataset's fold 1 does, and
+prints test accuracy (linear probe / kNN, as ``svt.probe`` computes them on the slow, fast and
+slow-fast views) for up to three models of the preset's architecture:
+
+* ``random``: the frozen random-init backbone, the demo's baseline. At random init the
+  temporal branch adds nothing (``temporal_fc`` and ``time_embed`` start at zero), so it is a
+  bag of frames, blind to frame order.
+* ``supervised``: the same backbone trained *with labels* (cross-entropy on the first global
+  view, the SVT crops and jitter, AdamW, the preset's schedule) for ``--steps`` steps: the
+  upper bound of what any pretraining of this size can give the probe. If this stays at
+  chance, no self-supervised recipe will beat random either: change the data or the model.
+* ``ssl``: SVT pretraining exactly as ``svt.pretrain`` does it (all views, SVTLoss, EMA
+  teacher, schedules) for ``--steps`` steps, then the frozen teacher is probed.
+
+``--background flat`` draws one flat colour per video; ``by-class`` colours the background by
+class (a sanity check: every mode should then reach 100%). ``--set`` overrides a constant of
+``svt.demo_data`` (``--set SLOW_SPEED=0.012,0.016``), ``--cfg`` a config key
+(``--cfg model.patch_size=8``). Runs on one core; several designs can run side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from svt import demo_data as dd  # noqa: E402
+from svt import evaluate as ev  # noqa: E402
+from svt.loss import (SVTLoss, apply_schedules, cancel_last_layer_gradients,  # noqa: E402
+                      clip_gradients, cosine_schedule, param_groups, update_teacher)
+from svt.pretrain import build_nets  # noqa: E402
+from svt.views import SVTAugment, SVTClipSampler, ViewConfig  # noqa: E402
+
+FPS = 25.0
+
+
+def merged(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def set_key(cfg: dict, dotted: str, value: str) -> None:
+    *path, last = dotted.split(".")
+    for p in path:
+        cfg = cfg[p]
+    if last not in cfg:
+        raise SystemExit(f"--cfg {dotted}: no such config key")
+    cfg[last] = yaml.safe_load(value)
+
+
+def set_constant(text: str) -> None:
+    name, _, value = text.partition("=")
+    if not hasattr(dd, name):
+        raise SystemExit(f"--set {name}: svt.demo_data has no such constant")
+    values = tuple(float(v) for v in value.split(","))
+    setattr(dd, name, values if len(values) > 1 else values[0])
+
+
+def backgrounds(kind: str, classes: list[str]):
+    """A replacement for svt.demo_data._background (or None to keep the textured one)."""
+    if kind == "textured":
+        return None
+    if kind == "flat":
+        return lambda rng, w, h, cls: np.broadcast_to(rng.random(3, dtype=np.float32), (h, w, 3)).copy()
+    colours = {c: np.random.default_rng(i).random(3).astype(np.float32) for i, c in enumerate(classes)}
+    return lambda rng, w, h, cls: np.broadcast_to(colours[cls], (h, w, 3)).copy()
+
+
+def resize_short_side(video: np.ndarray, short: int) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> uint8 (T, h, w, 3) with short side ``short``, as the decode stage."""
+    x = ev.resize_short_side(torch.from_numpy(video).permute(0, 3, 1, 2).float(), short)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def render(classes, groups, clips, frames, size, short, seed, background, jobs):
+    held_out = dd.held_out_groups(groups, 1)
+    todo = [(c, g, k) for c in classes for g in range(1, groups + 1) for k in range(1, clips + 1)]
+    original = dd._background
+
+    def one(job):
+        c, g, k = job
+        rng = np.random.default_rng([seed, dd.CLASSES.index(c), g, k])
+        return resize_short_side(dd.render_clip(c, rng, frames, size), short)
+
+    if background is None:
+        with ThreadPoolExecutor(jobs) as pool:
+            videos = list(pool.map(one, todo))
+    else:  # the replacement needs the class: render one by one with the module hook swapped
+        videos = []
+        try:
+            for job in todo:
+                dd._background = lambda rng, w, h, c=job[0]: background(rng, w, h, c)
+                videos.append(one(job))
+        finally:
+            dd._background = original
+    labels = torch.tensor([classes.index(c) for c, _, _ in todo])
+    test = torch.tensor([g in held_out for _, g, _ in todo])
+    return videos, labels, test
+
+
+@torch.no_grad()
+def features(model, videos, frames: int, size: int) -> torch.Tensor:
+    """Frozen CLS features of one whole-video centre view, as the features stage computes them."""
+    model.eval()
+    out = []
+    for v in videos:
+        idx = torch.from_numpy(ev.EvalClipSampler(frames, 1)(len(v), FPS)[0])
+        out.append(model(ev.eval_views([v[idx]], size, 1)).mean(0))
+    return torch.stack(out)
+
+
+def probe(model, videos, labels, test, n_classes, geometries, probe_cfg) -> dict[str, tuple]:
+    feats = {name: features(model, videos, f, s) for name, (f, s) in geometries.items()}
+    feats["slow_fast"] = ev.combine([feats["slow"], feats["fast"]], "mean")
+    out = {}
+    for name, f in feats.items():
+        head = ev.train_linear(f[~test], labels[~test], n_classes, probe_cfg)
+        with torch.no_grad():
+            lin = (head(f[test]).argmax(1) == labels[test]).float().mean().item()
+        knn = ev.knn_accuracy(f[~test], labels[~test], f[test], labels[test], n_classes)["top1"]
+        out[name] = (100 * lin, 100 * knn)
+    return out
+
+
+def view_batch(videos, batch, sampler, augment, rng, generator):
+    per_sample = []
+    for j in batch:
+        v = videos[j]
+        per_sample.append(augment([v[torch.from_numpy(i)] for i in sampler(len(v), FPS, rng)],
+                                  generator=generator))
+    return [torch.stack(views) for views in zip(*per_sample)]
+
+
+def schedules(cfg, steps, iters):
+    oc = cfg["optim"]
+    epochs = max(1, math.ceil(steps / iters))
+    bs = oc["batch_size_per_gpu"]
+    return (cosine_schedule(oc["lr"] * bs / 256, oc["min_lr"], epochs, iters, oc["warmup_epochs"]),
+            cosine_schedule(oc["weight_decay"], oc["weight_decay_end"], epochs, iters),
+            cosine_schedule(oc["momentum_teacher"], 1.0, epochs, iters))
+
+
+def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50):
+    """Train a fresh student for ``steps`` steps; return the backbone to probe."""
+    oc, lc = cfg["optim"], cfg["loss"]
+    torch.manual_seed(oc["seed"])
+    student, teacher = build_nets(cfg, torch.device("cpu"))
+    view_cfg = ViewConfig.from_config(cfg["views"], cfg["augment"])
+    sampler, augment = SVTClipSampler(view_cfg), SVTAugment(view_cfg)
+    n_global = len(cfg["views"]["global_frames"])
+    bs = oc["batch_size_per_gpu"]
+    train_idx = torch.nonzero(~test).flatten().numpy()
+    iters = len(train_idx) // bs
+    lr_s, wd_s, mom_s = schedules(cfg, steps, iters)
+    loss_fn = SVTLoss(lc["out_dim"], n_global, len(view_cfg.views), lc["student_temp"],
+                      lc["teacher_temp"], lc["warmup_teacher_temp"], lc["warmup_teacher_temp_epochs"],
+                      oc["epochs"], lc["center_momentum"])
+    head = torch.nn.Linear(student.backbone.embed_dim, n_classes)  # supervised only
+    params = student if mode == "ssl" else torch.nn.ModuleList([student.backbone, head])
+    optimizer = torch.optim.AdamW(param_groups(params))
+    rng, gen = np.random.default_rng(oc["seed"]), torch.Generator().manual_seed(oc["seed"])
+    t0, step = time.time(), 0
+    while step < steps:
+        order = rng.permutation(train_idx)
+        for i in range(iters):
+            if step == steps:
+                break
+            batch = order[i * bs:(i + 1) * bs]
+            views = view_batch(videos, batch, sampler, augment, rng, gen)
+            apply_schedules(optimizer, float(lr_s[step]), float(wd_s[step]))
+            if mode == "ssl":
+                with torch.no_grad():
+                    t_out = teacher(views[:n_global])
+                loss, stats = loss_fn(student(views), t_out, step / iters)
+                extra = f"teacher entropy {stats['teacher_entropy']:.2f}"
+            else:
+                student.train()
+                loss = F.cross_entropy(head(student.backbone(views[0])), labels[batch])
+                extra = ""
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_gradients(params, oc["clip_grad"])
+            if mode == "ssl":
+                cancel_last_layer_gradients(student.head, step / iters, oc["freeze_last_layer"])
+            optimizer.step()
+            if mode == "ssl":
+                update_teacher(student, teacher, float(mom_s[step]))
+            step += 1
+            if step % log_every == 0:
+                print(f"  {mode} step {step}/{steps} loss {loss.item():.3f} {extra} "
+                      f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+    return teacher.backbone if mode == "ssl" else student.backbone
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=str(ROOT / "config.yaml"))
+    p.add_argument("--preset", default=str(ROOT / "config/demo.yaml"))
+    p.add_argument("--classes", default="all", help="all, the first N, or names A,B,...")
+    p.add_argument("--groups", type=int, default=8)
+    p.add_argument("--clips", type=int, default=2, help="clips per group and class (default 2, as make demo-data)")
+    p.add_argument("--frames", type=int, default=48)
+    p.add_argument("--size", default="160x120")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", default="random,supervised,ssl")
+    p.add_argument("--steps", type=int, default=300, help="training steps (default 300, as the demo)")
+    p.add_argument("--background", choices=["textured", "flat", "by-class"], default="textured")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--cfg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--jobs", type=int, default=2, help="render threads")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+
+    cfg = merged(yaml.safe_load(Path(a.config).read_text()), yaml.safe_load(Path(a.preset).read_text()))
+    for item in a.cfg:
+        set_key(cfg, *item.split("=", 1))
+    for item in a.set:
+        set_constant(item)
+    if a.classes == "all":
+        classes = list(dd.CLASSES)
+    elif a.classes.isdigit():
+        classes = dd.CLASSES[:int(a.classes)]
+    else:
+        classes = a.classes.split(",")
+    w, h = (int(x) for x in a.size.split("x"))
+    ec = cfg["evaluate"]
+    geometries = {"slow": (ec["slow_frames"], ec["slow_size"]), "fast": (ec["fast_frames"], ec["fast_size"])}
+    probe_cfg = ev.ProbeConfig(epochs=ec["probe_epochs"], lr=ec["probe_lr"], batch_size=ec["probe_batch_size"],
+                               momentum=ec["probe_momentum"], seed=cfg["optim"]["seed"])
+
+    t0 = time.time()
+    videos, labels, test = render(classes, a.groups, a.clips, a.frames, (w, h), cfg["decode"]["short_side"],
+                                  a.seed, backgrounds(a.background, classes), a.jobs)
+    print(f"{len(classes)} classes, {int((~test).sum())} train / {int(test.sum())} test videos "
+          f"(rendered in {time.time() - t0:.0f} s); chance {100 / len(classes):.1f}%", flush=True)
+    print(f"{'model':<24} {'slow lin/kNN':>14} {'fast lin/kNN':>14} {'slow-fast lin/kNN':>18}", flush=True)
+    for mode in a.mode.split(","):
+        t0 = time.time()
+        if mode == "random":
+            torch.manual_seed(cfg["optim"]["seed"])
+            backbone = build_nets(cfg, torch.device("cpu"))[1].backbone
+            name = "random init"
+        elif mode in ("supervised", "ssl"):
+            backbone = train(mode, cfg, videos, labels, test, len(classes), a.steps)
+            name = f"{mode} {a.steps} steps"
+        else:
+            raise SystemExit(f"--mode {mode}: expected random, supervised or ssl")
+        r = probe(backbone, videos, labels, test, len(classes), geometries, probe_cfg)
+        cells = [f"{r[k][0]:5.1f} / {r[k][1]:5.1f}" for k in ("slow", "fast", "slow_fast")]
+        print(f"{name:<24} {cells[0]:>14} {cells[1]:>14} {cells[2]:>18}   ({time.time() - t0:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
