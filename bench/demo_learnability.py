@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from svt import demo_data as dd  # noqa: E402
 from svt import evaluate as ev  # noqa: E402
 from svt.loss import (SVTLoss, apply_schedules, cancel_last_layer_gradients,  # noqa: E402
-                      clip_gradients, cosine_schedule, param_groups, update_teacher)
+                      clip_gradients, optim_schedules, param_groups, update_teacher)
 from svt.pretrain import build_nets  # noqa: E402
 from svt.views import SVTAugment, SVTClipSampler, ViewConfig  # noqa: E402
 
@@ -130,17 +130,16 @@ def features(model, videos, frames: int, size: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def probe(model, videos, labels, test, n_classes, geometries, probe_cfg) -> dict[str, tuple]:
+def probe(model, videos, labels, test, geometries, classes, cfg) -> dict[str, tuple]:
+    """Linear probe and kNN top-1 (%) per setting, exactly as svt.probe computes them."""
+    ec = cfg["evaluate"]
+    probe_cfg = ev.ProbeConfig(epochs=ec["probe_epochs"], lr=ec["probe_lr"], batch_size=ec["probe_batch_size"],
+                               momentum=ec["probe_momentum"], seed=cfg["optim"]["seed"])
     feats = {name: features(model, videos, f, s) for name, (f, s) in geometries.items()}
-    feats["slow_fast"] = ev.combine([feats["slow"], feats["fast"]], "mean")
-    out = {}
-    for name, f in feats.items():
-        head = ev.train_linear(f[~test], labels[~test], n_classes, probe_cfg)
-        with torch.no_grad():
-            lin = (head(f[test]).argmax(1) == labels[test]).float().mean().item()
-        knn = ev.knn_accuracy(f[~test], labels[~test], f[test], labels[test], n_classes)["top1"]
-        out[name] = (100 * lin, 100 * knn)
-    return out
+    results = ev.evaluate_settings({k: f[~test] for k, f in feats.items()}, labels[~test],
+                                   {k: f[test] for k, f in feats.items()}, labels[test], classes,
+                                   probe_cfg, ec["combine"], ec["knn_k"], ec["knn_temperature"])
+    return {s: (100 * r["linear"]["top1"], 100 * r["knn"]["top1"]) for s, r in results.items()}
 
 
 def view_batch(videos, batch, sampler, augment, rng, generator):
@@ -152,18 +151,9 @@ def view_batch(videos, batch, sampler, augment, rng, generator):
     return [torch.stack(views) for views in zip(*per_sample)]
 
 
-def schedules(cfg, steps, iters):
-    oc = cfg["optim"]
-    epochs = max(1, math.ceil(steps / iters))
-    bs = oc["batch_size_per_gpu"]
-    return (cosine_schedule(oc["lr"] * bs / 256, oc["min_lr"], epochs, iters, oc["warmup_epochs"]),
-            cosine_schedule(oc["weight_decay"], oc["weight_decay_end"], epochs, iters),
-            cosine_schedule(oc["momentum_teacher"], 1.0, epochs, iters))
-
-
 def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50):
     """Train a fresh student for ``steps`` steps; return the backbone to probe."""
-    oc, lc = cfg["optim"], cfg["loss"]
+    oc = cfg["optim"]
     torch.manual_seed(oc["seed"])
     student, teacher = build_nets(cfg, torch.device("cpu"))
     view_cfg = ViewConfig.from_config(cfg["views"], cfg["augment"])
@@ -172,10 +162,9 @@ def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50):
     bs = oc["batch_size_per_gpu"]
     train_idx = torch.nonzero(~test).flatten().numpy()
     iters = len(train_idx) // bs
-    lr_s, wd_s, mom_s = schedules(cfg, steps, iters)
-    loss_fn = SVTLoss(lc["out_dim"], n_global, len(view_cfg.views), lc["student_temp"],
-                      lc["teacher_temp"], lc["warmup_teacher_temp"], lc["warmup_teacher_temp_epochs"],
-                      oc["epochs"], lc["center_momentum"])
+    epochs = max(1, math.ceil(steps / iters))
+    lr_s, wd_s, mom_s = optim_schedules(oc, epochs, iters)
+    loss_fn = SVTLoss.from_config(cfg["loss"], n_global, len(view_cfg.views), oc["epochs"])
     head = torch.nn.Linear(student.backbone.embed_dim, n_classes)  # supervised only
     params = student if mode == "ssl" else torch.nn.ModuleList([student.backbone, head])
     optimizer = torch.optim.AdamW(param_groups(params))
@@ -246,8 +235,6 @@ def main(argv=None) -> int:
     w, h = (int(x) for x in a.size.split("x"))
     ec = cfg["evaluate"]
     geometries = {"slow": (ec["slow_frames"], ec["slow_size"]), "fast": (ec["fast_frames"], ec["fast_size"])}
-    probe_cfg = ev.ProbeConfig(epochs=ec["probe_epochs"], lr=ec["probe_lr"], batch_size=ec["probe_batch_size"],
-                               momentum=ec["probe_momentum"], seed=cfg["optim"]["seed"])
 
     t0 = time.time()
     videos, labels, test = render(classes, a.groups, a.clips, a.frames, (w, h), cfg["decode"]["short_side"],
@@ -266,7 +253,7 @@ def main(argv=None) -> int:
             name = f"{mode} {a.steps} steps"
         else:
             raise SystemExit(f"--mode {mode}: expected random, supervised or ssl")
-        r = probe(backbone, videos, labels, test, len(classes), geometries, probe_cfg)
+        r = probe(backbone, videos, labels, test, geometries, classes, cfg)
         cells = [f"{r[k][0]:5.1f} / {r[k][1]:5.1f}" for k in ("slow", "fast", "slow_fast")]
         print(f"{name:<24} {cells[0]:>14} {cells[1]:>14} {cells[2]:>18}   ({time.time() - t0:.0f} s)", flush=True)
     return 0

@@ -24,7 +24,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from svt.loss import SVTLoss, cosine_schedule, param_groups, update_teacher  # noqa: E402
+from svt.loss import SVTLoss, param_groups, update_teacher  # noqa: E402
 from svt.pretrain import build_nets, precision_context  # noqa: E402
 from svt.views import ViewConfig  # noqa: E402
 
@@ -63,9 +63,7 @@ def main() -> int:
     views_spec = [(v.frames, v.size) for v in vc.views]
     n_global = len(cfg["views"]["global_frames"])
     student, teacher = build_nets(cfg, device)
-    lc = cfg["loss"]
-    loss_fn = SVTLoss(lc["out_dim"], n_global, len(views_spec), lc["student_temp"], lc["teacher_temp"],
-                      center_momentum=lc["center_momentum"]).to(device)
+    loss_fn = SVTLoss.from_config(cfg["loss"], n_global, len(views_spec), cfg["optim"]["epochs"]).to(device)
     opt = torch.optim.AdamW(param_groups(student), lr=1e-4)
     precision, autocast = precision_context(a.precision, device)
     patch = cfg["model"]["patch_size"]

@@ -134,6 +134,13 @@ class SVTLoss(nn.Module):
         self.register_buffer("_motion", motion.float(), persistent=False)
         self.register_buffer("_cross", (pairs & ~motion).float(), persistent=False)
 
+    @classmethod
+    def from_config(cls, loss: dict, num_global: int, num_views: int, epochs: int) -> "SVTLoss":
+        """From the config's ``loss`` section (``epochs``: the length of the run)."""
+        return cls(loss["out_dim"], num_global, num_views, loss["student_temp"], loss["teacher_temp"],
+                   loss["warmup_teacher_temp"], loss["warmup_teacher_temp_epochs"], epochs,
+                   loss["center_momentum"])
+
     def teacher_temperature(self, epoch: float) -> float:
         """Linear warm-up to ``teacher_temp`` over the warm-up epochs, then constant.
 
@@ -214,6 +221,17 @@ def cosine_schedule(base: float, final: float, epochs: int, iters_per_epoch: int
     steps = np.arange(n_cos) / max(n_cos - 1, 1)
     cos = final + 0.5 * (base - final) * (1.0 + np.cos(math.pi * steps))
     return np.concatenate([warm, cos]).astype(np.float64)
+
+
+def optim_schedules(optim: dict, epochs: int, iters_per_epoch: int,
+                    world: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Learning rate, weight decay and teacher momentum per iteration, from the config's
+    ``optim`` section; the peak lr is scaled linearly by the global batch / 256."""
+    bs = optim["batch_size_per_gpu"]
+    return (cosine_schedule(optim["lr"] * bs * world / 256.0, optim["min_lr"], epochs, iters_per_epoch,
+                            optim["warmup_epochs"]),
+            cosine_schedule(optim["weight_decay"], optim["weight_decay_end"], epochs, iters_per_epoch),
+            cosine_schedule(optim["momentum_teacher"], 1.0, epochs, iters_per_epoch))
 
 
 # --------------------------------------------------------------------------- optimiser

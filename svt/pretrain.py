@@ -35,7 +35,7 @@ from tqdm import tqdm
 from svt import checkpoint as ckpt
 from svt.loader import VideoDataset, collate_clips
 from svt.loss import (DINOHead, MultiViewModel, SVTLoss, apply_schedules,
-                      cancel_last_layer_gradients, clip_gradients, cosine_schedule, param_groups,
+                      cancel_last_layer_gradients, clip_gradients, optim_schedules, param_groups,
                       update_teacher)
 from svt.model import build_model, file_sha256, load_pretrained
 from svt import tracking
@@ -270,19 +270,13 @@ def train(args: argparse.Namespace) -> int:
                    if world > 1 else student)
     n_views = len(view_cfg.views)
     n_global = len(cfg["views"]["global_frames"])
-    lc = cfg["loss"]
-    loss_fn = SVTLoss(lc["out_dim"], n_global, n_views, lc["student_temp"], lc["teacher_temp"],
-                      lc["warmup_teacher_temp"], lc["warmup_teacher_temp_epochs"], oc["epochs"],
-                      lc["center_momentum"]).to(device)
+    loss_fn = SVTLoss.from_config(cfg["loss"], n_global, n_views, oc["epochs"]).to(device)
     optimizer = torch.optim.AdamW(param_groups(student))
     precision, autocast = precision_context(pc["precision"], device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     iters = sampler.batches
     total = oc["epochs"] * iters
-    lr_s = cosine_schedule(oc["lr"] * bs * world / 256.0, oc["min_lr"], oc["epochs"], iters,
-                           oc["warmup_epochs"])
-    wd_s = cosine_schedule(oc["weight_decay"], oc["weight_decay_end"], oc["epochs"], iters)
-    mom_s = cosine_schedule(oc["momentum_teacher"], 1.0, oc["epochs"], iters)
+    lr_s, wd_s, mom_s = optim_schedules(oc, oc["epochs"], iters, world)
 
     # resume, but only a run of this very config and data: a checkpoint of other inputs is
     # set aside (never deleted) and training starts over
