@@ -28,7 +28,6 @@ class (a sanity check: every mode should then reach 100%). ``--set`` overrides a
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import sys
 import time
@@ -44,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from svt import demo_data as dd  # noqa: E402
+from svt.config import merged  # noqa: E402
 from svt import evaluate as ev  # noqa: E402
 from svt.loss import (SVTLoss, apply_schedules, cancel_last_layer_gradients,  # noqa: E402
                       clip_gradients, optim_schedules, param_groups, update_teacher)
@@ -51,13 +51,6 @@ from svt.pretrain import build_nets  # noqa: E402
 from svt.views import SVTAugment, SVTClipSampler, ViewConfig  # noqa: E402
 
 FPS = 25.0
-
-
-def merged(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def set_key(cfg: dict, dotted: str, value: str) -> None:

@@ -154,7 +154,9 @@ class SVTLoss(nn.Module):
         return float(self.warmup_teacher_temp + frac * (self.teacher_temp - self.warmup_teacher_temp))
 
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor,
-                epoch: float) -> tuple[torch.Tensor, dict[str, float]]:
+                epoch: float, with_stats: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+        """``with_stats=False`` skips the monitoring statistics (two more passes over the
+        teacher's logits and a device sync); ``stats`` then holds only ``teacher_temp``."""
         G, V = self.num_global, self.num_views
         if teacher_out.shape[0] % G or student_out.shape[0] != V * (teacher_out.shape[0] // G):
             raise ValueError(f"expected student ({V}*B, D) and teacher ({G}*B, D), got "
@@ -164,27 +166,27 @@ class SVTLoss(nn.Module):
         teacher_out = teacher_out.detach()
 
         # Softmax over 65536 prototypes at temperature 0.04 needs float32: keep autocast
-        # (which would run the einsum in bf16/fp16) out of the loss.
+        # (which would run the einsum in bf16/fp16) out of the loss. .float() is free when
+        # the logits already are.
         with torch.autocast(device_type=student_out.device.type, enabled=False):
             log_s = F.log_softmax(student_out.float() / self.student_temp, dim=-1).reshape(V, B, -1)
-            t_logits = (teacher_out.float() - self.center) / temp
-            log_t = F.log_softmax(t_logits, dim=-1)
-            t = log_t.exp()
+            t = F.softmax((teacher_out.float() - self.center) / temp, dim=-1)
             # ce[i, v] = mean_b sum_d -t[i, b, d] * log_s[v, b, d], all pairs in one einsum.
             ce = -torch.einsum("gbd,vbd->gv", t.reshape(G, B, -1), log_s) / B
             loss = (ce * self._pairs).sum() / self.num_pairs
 
-            with torch.no_grad():
-                # Teacher entropy near 0 (max prob near 1) means collapse onto one prototype;
-                # near log(out_dim) means a uniform, uninformative teacher.
-                parts = [-(t * log_t).sum(-1).mean(), t.max(-1).values.mean()]
-                names = ["teacher_entropy", "teacher_max_prob"]
-                for name, mask in (("loss_motion", self._motion), ("loss_crossview", self._cross)):
-                    if self._part_pairs[name]:  # e.g. no cross-view part without local views
-                        parts.append((ce * mask).sum() / self._part_pairs[name])
-                        names.append(name)
-                stats = {"teacher_temp": temp}
-                stats.update(zip(names, torch.stack(parts).tolist()))  # one device sync
+            stats = {"teacher_temp": temp}
+            if with_stats:
+                with torch.no_grad():
+                    # Teacher entropy near 0 (max prob near 1) means collapse onto one
+                    # prototype; near log(out_dim) a uniform, uninformative teacher.
+                    parts = [-torch.special.xlogy(t, t).sum(-1).mean(), t.max(-1).values.mean()]
+                    names = ["teacher_entropy", "teacher_max_prob"]
+                    for name, mask in (("loss_motion", self._motion), ("loss_crossview", self._cross)):
+                        if self._part_pairs[name]:  # e.g. no cross-view part without local views
+                            parts.append((ce * mask).sum() / self._part_pairs[name])
+                            names.append(name)
+                    stats.update(zip(names, torch.stack(parts).tolist()))  # one device sync
 
         self.update_center(teacher_out)
         return loss, stats
@@ -319,7 +321,7 @@ def cancel_last_layer_gradients(head: nn.Module, epoch: float, freeze_epochs: fl
 
 @torch.no_grad()
 def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
-    """teacher = momentum * teacher + (1 - momentum) * student, parameter by parameter;
+    """teacher = momentum * teacher + (1 - momentum) * student, as one foreach lerp;
     buffers (e.g. norm statistics) are copied. Either model may be DDP-wrapped."""
     student, teacher = _unwrap(student), _unwrap(teacher)
     s_params = dict(student.named_parameters())
@@ -329,8 +331,8 @@ def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> N
         raise ValueError(f"student and teacher parameters differ, e.g. {missing}")
     t_list = [p for _, p in teacher.named_parameters()]
     s_list = [s_params[n].detach() for n in t_names]
-    torch._foreach_mul_(t_list, momentum)
-    torch._foreach_add_(t_list, s_list, alpha=1.0 - momentum)
+    # lerp: t + (1 - m) * (s - t), one pass over each tensor instead of a mul and an add
+    torch._foreach_lerp_(t_list, s_list, 1.0 - momentum)
     s_buffers = dict(student.named_buffers())
     for name, buf in teacher.named_buffers():
         if name in s_buffers:

@@ -1,8 +1,8 @@
 """TimeSformer "divided space-time" ViT, the SVT backbone.
 
-A video (B, 3, T, H, W) is cut into 16x16 patches frame by frame. Tokens are kept in one
-sequence (B, 1 + T*N, D): the CLS token, then frame 0's N patches, frame 1's, and so on.
-Every block runs
+A video (B, 3, T, H, W) is cut into 16x16 patches frame by frame. Between blocks the tokens
+are kept patch-major, (B, 1 + N, T, D): row 0 is the CLS token (repeated in all T columns),
+rows 1..N the N spatial locations with their T frames (see Block for why). Every block runs
 
     temporal attention   each spatial location attends over its T frames (patches only)
     spatial attention    each frame attends over its N patches plus the CLS token;
@@ -23,6 +23,7 @@ import hashlib
 import inspect
 import math
 import sys
+import time
 from functools import partial
 
 import torch
@@ -34,7 +35,7 @@ from svt._compat import import_timm
 from svt.posembed import PosEmbedCache, resample_spatial, resample_temporal
 
 import_timm()
-from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_  # noqa: E402
+from timm.layers import Mlp, PatchEmbed, trunc_normal_  # noqa: E402
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -57,16 +58,34 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, first_query_only: bool = False) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D); with ``first_query_only`` only token 0 asks: (B, 1, D)."""
         B, L, D = x.shape
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, D // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, head_dim), no copy
+        if first_query_only:
+            q = q[:, :, :1]
         x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(B, L, D))
+        return self.proj(x.transpose(1, 2).reshape(B, q.shape[2], D))
+
+
+def _residual(x: torch.Tensor, branch: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """x + branch * scale in one pass (scale: drop-path mask and/or row mask, broadcast)."""
+    return x + branch if scale is None else torch.addcmul(x, branch, scale)
 
 
 class Block(nn.Module):
-    """Divided space-time block: temporal attention -> spatial attention -> MLP."""
+    """Divided space-time block: temporal attention -> spatial attention -> MLP.
+
+    Works on the patch-major layout (B, 1 + N, T, D) that VisionTransformerSVT keeps between
+    blocks: row 0 is the CLS token (the same value in all T columns), rows 1..N the spatial
+    locations, each holding its T frames. Why this layout: the temporal sequences are
+    already contiguous rows (no copy), the spatial step needs one transposing copy and then
+    finds each frame's CLS copy beside its patches (no per-frame cat), and the MLP and every
+    residual add run over one tensor. The CLS row's temporal output is masked out (the CLS
+    token takes no part in temporal attention); that and the MLP on its T copies cost about
+    1/N extra work.
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop_path: float = 0.0):
@@ -78,28 +97,45 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads, qkv_bias)
         self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        # A tensor, not a float attribute: every block then compiles to the same graph.
+        self.register_buffer("drop_prob", torch.tensor(float(drop_path)), persistent=False)
 
-    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
-        B, L, D = x.shape
-        T = num_frames
-        N = (L - 1) // T
-        cls, patches = x[:, :1], x[:, 1:]
+    def drop_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Stochastic depth: one keep/drop draw per sample, scaled by 1/keep (None in eval)."""
+        if not self.training:
+            return None
+        keep = 1.0 - self.drop_prob
+        mask = torch.empty((x.shape[0], 1, 1, 1), dtype=torch.float32, device=x.device)
+        return mask.bernoulli_(keep).div_(keep)
 
-        # Temporal: one sequence of length T per spatial location, patch tokens only.
-        xt = patches.reshape(B, T, N, D).transpose(1, 2).reshape(B * N, T, D)
-        xt = self.temporal_fc(self.temporal_attn(self.temporal_norm1(xt)))
-        xt = xt.reshape(B, N, T, D).transpose(1, 2).reshape(B, T * N, D)
-        patches = patches + self.drop_path(xt)
+    def forward(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+        """(B, 1 + N, T, D) -> same; with ``cls_only`` (the last block) just the CLS (B, D)."""
+        B, S, T, D = x.shape
+        cls_row = torch.ones(1, S, 1, 1, dtype=torch.float32, device=x.device)
+        cls_row[:, 0] = 0  # the CLS row gets no temporal update
 
-        # Spatial: each frame with its own copy of the (block-input) CLS token.
-        xs = torch.cat([cls.expand(B, T, D).reshape(B * T, 1, D), patches.reshape(B * T, N, D)], 1)
-        xs = self.attn(self.norm1(xs)).reshape(B, T, 1 + N, D)
-        res = torch.cat([xs[:, :, 0].mean(1, keepdim=True),  # CLS: average over frames
-                         xs[:, :, 1:].reshape(B, T * N, D)], 1)
-        x = torch.cat([cls, patches], 1) + self.drop_path(res)
+        # Temporal: one sequence of T frames per row, already contiguous.
+        xt = self.temporal_fc(self.temporal_attn(self.temporal_norm1(x.reshape(B * S, T, D))))
+        m = self.drop_mask(x)
+        x = torch.addcmul(x, xt.reshape(B, S, T, D), cls_row if m is None else cls_row * m)
 
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        # Spatial: each frame's CLS copy and N patches; the one transposing copy of the block.
+        xs = self.norm1(x.transpose(1, 2).reshape(B * T, S, D))
+        m = self.drop_mask(x)
+        if cls_only:  # only the CLS output is read after the last block
+            res = self.attn(xs, first_query_only=True).reshape(B, T, D)
+            res = res if m is None else res * m.reshape(B, 1, 1)
+            cls = x[:, 0, 0] + res.mean(1)
+            m = self.drop_mask(x)
+            return _residual(cls, self.mlp(self.norm2(cls)), None if m is None else m.reshape(B, 1))
+        res = self.attn(xs).reshape(B, T, S, D).transpose(1, 2)  # (B, S, T, D), a view
+        out = _residual(x, res, m)
+        # CLS: its T per-frame outputs are averaged, the same value in every column
+        cls_res = res[:, :1] if m is None else res[:, :1] * m
+        out[:, :1] = x[:, :1] + cls_res.mean(2, keepdim=True)
+
+        m = self.drop_mask(x)
+        return _residual(out, self.mlp(self.norm2(out)), m)
 
 
 class VisionTransformerSVT(nn.Module):
@@ -132,6 +168,9 @@ class VisionTransformerSVT(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i]) for i in range(depth))
         self.norm = LayerNorm(embed_dim)
         self._pos_cache = PosEmbedCache()
+        self._compiled: list[nn.Module] | None = None  # compile_blocks()
+        self._compiled_keys: set = set()
+        self.compile_seconds = 0.0
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -166,6 +205,43 @@ class VisionTransformerSVT(nn.Module):
         return self._pos_cache.get(self.time_embed, ("temporal", t, mode),
                                    lambda: resample_temporal(self.time_embed, t, mode))
 
+    def compile_blocks(self) -> None:
+        """Regional compilation (``pretrain.compile: blocks``): ``torch.compile`` of the block,
+        the one piece the model repeats, rather than of the whole model. All blocks share the
+        compiled graphs (drop-path rates are tensors, not constants), shapes are dynamic, so
+        the ten views compile a handful of graphs. If compiling or running a compiled block
+        fails, one line says so on stderr and the model runs eager from then on.
+        ``compile_seconds`` adds up the first calls of each input shape (the compile time)."""
+        import torch._functorch.config as functorch_config
+
+        if "force_non_lazy_backward_lowering" in functorch_config.get_config_copy():
+            # compile the backward with the forward, so its failures are caught there too
+            functorch_config.force_non_lazy_backward_lowering = True
+        self._compiled = [torch.compile(blk, dynamic=True) for blk in self.blocks]
+
+    def _run_block(self, i: int, blk: nn.Module, x: torch.Tensor, cls_only: bool) -> torch.Tensor:
+        fn = blk if self._compiled is None else self._compiled[i]
+        if self.grad_checkpointing and self.training and x.requires_grad:
+            out = lambda: torch.utils.checkpoint.checkpoint(fn, x, cls_only, use_reentrant=False)
+        else:
+            out = lambda: fn(x, cls_only)
+        if fn is blk:
+            return out()
+        key = (i, tuple(x.shape), self.training, torch.is_grad_enabled(), cls_only)
+        t0 = time.perf_counter()
+        try:
+            y = out()
+        except Exception as e:  # a compiler failure; a real error shows again when run eager
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            print(f"[svt.model] warning: torch.compile of the blocks failed ({type(e).__name__}: "
+                  f"{first}); running eager", file=sys.stderr, flush=True)
+            self._compiled = None
+            return self._run_block(i, blk, x, cls_only)
+        if key not in self._compiled_keys:
+            self._compiled_keys.add(key)
+            self.compile_seconds += time.perf_counter() - t0
+        return y
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[1] != 3:
             raise ValueError(f"expected a video batch (B, 3, T, H, W), got {tuple(x.shape)}")
@@ -176,18 +252,17 @@ class VisionTransformerSVT(nn.Module):
         h, w = H // p, W // p
 
         x = self.patch_embed(x.transpose(1, 2).reshape(B * T, C, H, W))  # (B*T, h*w, D)
+        D = x.shape[-1]
         pos = self.spatial_table((h, w))
-        x = x + pos[:, 1:]
-        x = x.reshape(B, T, h * w, -1) + self.temporal_table(T).unsqueeze(2)  # patches only
-        cls = (self.cls_token + pos[:, :1]).expand(B, -1, -1)
-        x = torch.cat([cls, x.flatten(1, 2)], dim=1)  # (B, 1 + T*h*w, D), frame-major
+        table = pos[:, 1:].unsqueeze(1) + self.temporal_table(T).unsqueeze(2)  # (1, T, hw, D)
+        x = x.reshape(B, T, h * w, D) + table  # patches only; the CLS token has no time
+        cls = (self.cls_token + pos[:, :1]).reshape(1, 1, 1, D).expand(B, 1, T, D)
+        x = torch.cat([cls, x.transpose(1, 2)], dim=1)  # (B, 1 + hw, T, D): see Block
 
-        for blk in self.blocks:
-            if self.grad_checkpointing and self.training and x.requires_grad:
-                x = torch.utils.checkpoint.checkpoint(blk, x, T, use_reentrant=False)
-            else:
-                x = blk(x, T)
-        return self.norm(x)[:, 0]
+        last = len(self.blocks) - 1
+        for i, blk in enumerate(self.blocks):
+            x = self._run_block(i, blk, x, cls_only=i == last)
+        return self.norm(x)  # (B, D): the last block returns the CLS token only
 
     forward = forward_features
 

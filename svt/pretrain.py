@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import signal
 import sys
@@ -42,7 +41,7 @@ from svt import tracking
 from svt.tracking import Tracker, flatten
 from svt.views import AugmentCollate, SVTAugment, SVTClipSampler, ViewConfig
 
-RUNTIME_KEYS = ("num_workers", "precision", "decoder", "checkpoint_every", "log_every")
+RUNTIME_KEYS = ("num_workers", "precision", "decoder", "compile", "checkpoint_every", "log_every")
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request after saving; rerun to resume
 
 
@@ -108,6 +107,49 @@ class StopFlag:
         self.signal = signum
 
 
+class NonFiniteWatch:
+    """The first step whose loss is not finite, remembered on the device: reading a loss
+    every step would make the host wait for the GPU each step. Checked where it matters: at
+    log steps and before every save, so no weights a bad step touched are saved. Every rank
+    takes part in the check (an all-reduce), so all ranks stop together."""
+
+    def __init__(self, device: torch.device, last_good: Path):
+        self.step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.value = torch.zeros((), dtype=torch.float32, device=device)
+        self.last_good = last_good
+
+    def update(self, loss: torch.Tensor, it: int) -> None:
+        loss = loss.detach().float()
+        new = ~torch.isfinite(loss) & (self.step < 0)
+        self.step = torch.where(new, it, self.step)
+        self.value = torch.where(new, loss, self.value)
+
+    def check(self, it: int, iters: int) -> None:
+        bad = (self.step >= 0).float().reshape(1)
+        if dist.is_initialized():
+            dist.all_reduce(bad)
+        if bad.item() > 0:
+            first = int(self.step)
+            where = (f"loss is {float(self.value)} at step {first} (epoch {first // iters})"
+                     if first >= 0 else f"loss is not finite on another rank by step {it}")
+            raise SystemExit(f"pretrain: {where}; stopping. Lower optim.lr or check the inputs; "
+                             f"the last good checkpoint is {self.last_good}")
+
+
+def stop_voter(stop: "StopFlag"):
+    """() -> whether any rank was asked to stop; all ranks must call it every step. The vote
+    goes over gloo (CPU) even beside NCCL, so it never waits for the GPU."""
+    if not dist.is_initialized():
+        return lambda: stop.signal is not None
+    group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+
+    def vote() -> bool:
+        flag = torch.tensor([float(stop.signal is not None)])
+        dist.all_reduce(flag, group=group)
+        return flag.item() > 0
+    return vote
+
+
 class Tee:
     """A text stream that writes to a primary stream and a copy; everything else (isatty,
     fileno, encoding) is the primary's, so progress bars behave as before."""
@@ -150,6 +192,13 @@ def precision_context(precision: str, device: torch.device):
         return precision, nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return precision, lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def make_optimizer(model: nn.Module) -> torch.optim.AdamW:
+    """AdamW over param_groups; the fused kernel (one launch for all tensors) where the
+    device has it. Same update as the foreach path to fp32 rounding, same state layout."""
+    device = next(model.parameters()).device
+    return torch.optim.AdamW(param_groups(model), fused=device.type in ("cuda", "cpu"))
 
 
 def build_nets(cfg: dict, device: torch.device) -> tuple[MultiViewModel, MultiViewModel]:
@@ -271,7 +320,10 @@ def train(args: argparse.Namespace) -> int:
     n_views = len(view_cfg.views)
     n_global = len(cfg["views"]["global_frames"])
     loss_fn = SVTLoss.from_config(cfg["loss"], n_global, n_views, oc["epochs"]).to(device)
-    optimizer = torch.optim.AdamW(param_groups(student))
+    optimizer = make_optimizer(student)
+    if pc["compile"] == "blocks":
+        student.backbone.compile_blocks()
+        teacher.backbone.compile_blocks()
     precision, autocast = precision_context(pc["precision"], device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     iters = sampler.batches
@@ -358,6 +410,10 @@ def train(args: argparse.Namespace) -> int:
                file=sys.stderr) if main_rank and sys.stderr.isatty() else None
     log_t = time.time()
     preempted = False
+    compiling = pc["compile"] == "blocks"
+    watch = NonFiniteWatch(device, ckpt_dir / ckpt.LAST)
+    stop_vote = stop_voter(stop)
+    log_step, log_wall, t_data_sum = step, time.perf_counter(), 0.0
     while step < limit:
         epoch, start_batch = divmod(step, iters)
         sampler.set_epoch(epoch, start_batch)
@@ -379,13 +435,9 @@ def train(args: argparse.Namespace) -> int:
             with autocast():
                 teacher_out = teacher(views[:n_global])
                 student_out = ddp_student(views)
-                loss, stats = loss_fn(student_out.float(), teacher_out.float(), it / iters)
-            loss_sum, stop_votes = all_sum([loss.item(), float(stop.signal is not None)], device)
-            loss_value = loss_sum / world
-            if not math.isfinite(loss_value):
-                raise SystemExit(f"pretrain: loss is {loss_value} at step {it} (epoch {epoch}); "
-                                 f"stopping. Lower optim.lr or check the inputs; the last good "
-                                 f"checkpoint is {ckpt_dir / ckpt.LAST}")
+                stats_now = (step + 1) % pc["log_every"] == 0 or step + 1 == limit
+                loss, stats = loss_fn(student_out, teacher_out, it / iters, with_stats=stats_now)
+            watch.update(loss, it)  # no host sync: read where it matters (logs, saves)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -395,29 +447,47 @@ def train(args: argparse.Namespace) -> int:
             scaler.update()
             update_teacher(student, teacher, float(mom_s[it]))
             step += 1
-            if on_gpu and step % pc["log_every"] == 0:
-                torch.cuda.synchronize()
-            t_step = time.perf_counter() - t_end
+            t_data_sum += t_data
+            if compiling:  # the first step compiled every view shape: say what it cost
+                compiling = False
+                secs = student.backbone.compile_seconds + teacher.backbone.compile_seconds
+                eager = student.backbone._compiled is None or teacher.backbone._compiled is None
+                if main_rank:
+                    print(f"pretrain: compile {'failed, running eager' if eager else 'blocks'}: "
+                          f"{secs:.1f} s in the first step", file=sys.stderr, flush=True)
+                    tracker.log_metrics({"compile_s": secs}, step)
+            log_now = step % pc["log_every"] == 0 or step == limit
+            if log_now:
+                watch.check(it, iters)
+                loss_value = all_sum([loss.item()], device)[0] / world  # the one sync per log
             t_end = time.perf_counter()
 
-            if main_rank and (step % pc["log_every"] == 0 or step == limit):
+            if main_rank and log_now:
+                # averages over the steps since the last log: without a sync per step, one
+                # step's wall time is not its own
+                n_steps, t_interval = step - log_step, t_end - log_wall
+                t_step = t_interval / max(n_steps, 1)
                 row = {"step": step, "epoch": it / iters, "loss": loss_value, "lr": lr_s[it],
                        "wd": wd_s[it], "momentum": mom_s[it], "teacher_temp": stats["teacher_temp"],
                        "teacher_entropy": stats["teacher_entropy"], "grad_norm": float(grad_norm),
-                       "data_time": t_data, "step_time": t_step,
+                       "data_time": t_data_sum / max(n_steps, 1), "step_time": t_step,
                        "samples_per_s": bs * world / max(t_step, 1e-9)}
                 with open(metrics_csv, "a", newline="") as f:
                     csv.writer(f).writerow([row[k] for k in fields])
                 tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step)
                 if bar is None:
                     print(f"step {step}/{limit} epoch {row['epoch']:.2f} loss {loss_value:.4f} "
-                          f"lr {row['lr']:.2e} data {t_data:.2f}s step {t_step:.2f}s "
+                          f"lr {row['lr']:.2e} data {row['data_time']:.2f}s step {t_step:.2f}s "
                           f"({time.time() - log_t:.0f}s)", file=sys.stderr, flush=True)
+            if log_now:
+                log_step, log_wall, t_data_sum = step, t_end, 0.0
             if bar is not None:
                 bar.update()
-                bar.set_postfix(loss=f"{loss_value:.4f}")
+                if log_now:
+                    bar.set_postfix(loss=f"{loss_value:.4f}")
             end_of_epoch = step % iters == 0
-            if stop_votes > 0:
+            if stop_vote():
+                watch.check(it, iters)
                 save(step)
                 if main_rank:
                     print(f"pretrain: stop requested; saved step {step}, exiting with "
@@ -426,6 +496,7 @@ def train(args: argparse.Namespace) -> int:
                 preempted = True
                 break
             if end_of_epoch or step % pc["checkpoint_every"] == 0 or step == limit:
+                watch.check(it, iters)  # never save weights a non-finite loss has touched
                 save(step)
             if args.knn_every and args.knn_train and (end_of_epoch or step == limit) and (
                     (step // iters) % args.knn_every == 0 or step == limit):
@@ -477,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-workers", type=int, help="DataLoader workers per process")
     ap.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
     ap.add_argument("--decoder", choices=["torchcodec", "pyav", "ffmpeg"], help="frame reader")
+    ap.add_argument("--compile", choices=["off", "blocks"],
+                    help="torch.compile of each transformer block (student and teacher)")
     ap.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     ap.add_argument("--log-every", type=int, help="steps between metric logs")
     ap.add_argument("--out-dir", type=Path, required=True, help="exports: teacher backbone, curves")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import re
 
 import pytest
@@ -11,20 +10,13 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from conftest import REPO
+from svt.config import merged
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def load(path):
     return yaml.safe_load((REPO / path).read_text())
-
-
-def merged(base: dict, override: dict) -> dict:
-    """Snakemake's --configfile semantics: nested mappings merge, everything else replaces."""
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def object_nodes(node, path="config"):

@@ -482,3 +482,42 @@ def test_end_to_end_step_runs():
                                                          "teacher_max_prob", "loss_motion",
                                                          "loss_crossview"}
     assert all(p.grad is None for p in teacher.parameters())
+
+
+# --------------------------------------------------------------------------- fast paths of the step
+
+def test_loss_without_stats_is_the_same_loss_and_centre():
+    """with_stats=False (every step but the logged ones) skips only the monitoring passes."""
+    gen = torch.Generator().manual_seed(5)
+    s, t = _random_logits(gen, 4 * 3, 64), _random_logits(gen, 2 * 3, 64)
+    a, b = SVTLoss(64, 2, 4), SVTLoss(64, 2, 4)
+    la, sa = a(s, t, 0.0)
+    lb, sb = b(s, t, 0.0, with_stats=False)
+    assert torch.equal(la, lb) and torch.equal(a.center, b.center)
+    assert set(sb) == {"teacher_temp"} and {"teacher_entropy", "teacher_max_prob"} <= set(sa)
+
+
+def test_fused_adamw_matches_the_foreach_path():
+    """svt.pretrain.make_optimizer (fused AdamW) against torch's foreach AdamW over the same
+    groups and schedules: the same weights after several steps (fp32, rtol 1e-5)."""
+    from svt.pretrain import make_optimizer
+
+    torch.manual_seed(0)
+    a = MultiViewModel(TinyBackbone(), DINOHead(8, out_dim=16, hidden_dim=8, bottleneck_dim=4))
+    b = copy.deepcopy(a)
+    fused = make_optimizer(a)
+    plain = torch.optim.AdamW(param_groups(b), foreach=True)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    g = torch.Generator().manual_seed(1)
+    for it in range(6):
+        for opt, model in ((fused, a), (plain, b)):
+            apply_schedules(opt, lr=1e-2 * (it + 1), wd=0.04 + 0.01 * it)
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            if pa.requires_grad:
+                pa.grad = torch.randn(pa.shape, generator=g)
+                pb.grad = pa.grad.clone()
+        fused.step()
+        plain.step()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=n)
+    assert fused.state_dict()["state"].keys() == plain.state_dict()["state"].keys()

@@ -123,33 +123,85 @@ def test_sdpa_attention_matches_hand_written_reference():
 
 def reference_block(blk, x: torch.Tensor, T: int) -> torch.Tensor:
     """The divided space-time block written over the official TimeSformer token order
-    (patch-major: for each location its T frames), i.e. independently of our layout."""
+    (B, 1 + N*T, D), patch-major: for each location its T frames, i.e. independently of the
+    model's layout. Drop-path masks are drawn with the block's own drop_mask, in the model's
+    order (temporal, spatial, MLP), so a seeded run draws the same masks."""
     B, L, D = x.shape
     N = (L - 1) // T
+
+    def dp(t):
+        m = blk.drop_mask(t)
+        return t if m is None else t * m.reshape(B, *[1] * (t.dim() - 1))
+
     cls, xt = x[:, :1], x[:, 1:]                                  # xt: (B, N*T, D)
     seq = xt.reshape(B * N, T, D)                                 # one sequence per location
-    xt = xt + blk.temporal_fc(blk.temporal_attn(blk.temporal_norm1(seq))).reshape(B, N * T, D)
+    xt = xt + dp(blk.temporal_fc(blk.temporal_attn(blk.temporal_norm1(seq))).reshape(B, N * T, D))
     frames = xt.reshape(B, N, T, D).permute(0, 2, 1, 3).reshape(B * T, N, D)
     xs = torch.cat([cls.repeat(1, T, 1).reshape(B * T, 1, D), frames], 1)
-    res = blk.attn(blk.norm1(xs))
+    res = dp(blk.attn(blk.norm1(xs)).reshape(B, T * (1 + N), D)).reshape(B * T, 1 + N, D)
     res_cls = res[:, 0].reshape(B, T, D).mean(1, keepdim=True)
     res_patch = res[:, 1:].reshape(B, T, N, D).permute(0, 2, 1, 3).reshape(B, N * T, D)
     out = torch.cat([cls, xt], 1) + torch.cat([res_cls, res_patch], 1)
-    return out + blk.mlp(blk.norm2(out))
+    return out + dp(blk.mlp(blk.norm2(out)))
 
 
-def test_block_matches_reference_in_official_token_order():
-    m = tiny()
-    perturb(m, scale=0.2)
-    blk = m.blocks[0].eval()
-    B, T, N, D = 2, 3, 6, 32
-    cls, patches = torch.randn(B, 1, D), torch.randn(B, T, N, D)
-    ours = blk(torch.cat([cls, patches.reshape(B, T * N, D)], 1), T)        # frame-major
-    official = torch.cat([cls, patches.transpose(1, 2).reshape(B, N * T, D)], 1)  # patch-major
-    ref = reference_block(blk, official, T)
-    torch.testing.assert_close(ours[:, 0], ref[:, 0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours[:, 1:].reshape(B, T, N, D),
-                               ref[:, 1:].reshape(B, N, T, D).transpose(1, 2), atol=1e-5, rtol=1e-5)
+def reference_forward(m: VisionTransformerSVT, video: torch.Tensor) -> torch.Tensor:
+    """The plain path: the official TimeSformer forward (token order, per-frame CLS cat,
+    full final norm) over the model's own submodules and tables."""
+    B, C, T, H, W = video.shape
+    h, w = H // m.patch_size, W // m.patch_size
+    x = m.patch_embed(video.transpose(1, 2).reshape(B * T, C, H, W))
+    D = x.shape[-1]
+    pos = m.spatial_table((h, w))
+    x = (x + pos[:, 1:]).reshape(B, T, h * w, D) + m.temporal_table(T).unsqueeze(2)
+    x = x.transpose(1, 2).reshape(B, h * w * T, D)
+    x = torch.cat([(m.cls_token + pos[:, :1]).expand(B, -1, -1), x], 1)
+    for blk in m.blocks:
+        x = reference_block(blk, x, T)
+    return m.norm(x)[:, 0]
+
+
+def assert_close_rel(a, b, rtol=1e-5, msg=None):
+    """rtol 1e-5, with entries near zero judged against the tensor's scale (fp32 sums in
+    another order differ by a few ulps of the largest terms, not of the result)."""
+    torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * float(b.abs().max()), msg=msg)
+
+
+def grads_of(m, fn, video):
+    m.zero_grad(set_to_none=True)
+    torch.manual_seed(123)  # the same drop-path draws for both paths
+    out = fn(video)
+    (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("t,hw", [(3, (48, 32)), (1, (32, 32)), (4, (16, 32))])
+def test_fast_layout_matches_the_plain_official_order_path(train, t, hw):
+    """Outputs and every parameter's gradient of the patch-major layout (one copy per block,
+    CLS-only last block) equal the plain official-order forward, in fp32 at rtol 1e-5."""
+    m = tiny(depth=3, num_frames=4, drop_path_rate=0.5 if train else 0.0)
+    perturb(m, scale=0.2)  # temporal_fc and time_embed away from zero
+    m.train(train)
+    video = torch.randn(3, 3, t, *hw)
+    fast, g_fast = grads_of(m, m, video)
+    plain, g_plain = grads_of(m, lambda v: reference_forward(m, v), video)
+    assert_close_rel(fast, plain)
+    assert g_fast.keys() == g_plain.keys() and len(g_fast) == len(list(m.parameters()))
+    for n in g_fast:
+        assert_close_rel(g_fast[n], g_plain[n], msg=n)
+
+
+def test_drop_path_is_per_sample_and_scaled():
+    m = tiny(drop_path_rate=0.5).train()
+    blk = m.blocks[1]
+    assert float(blk.drop_prob) == 0.5 and float(m.blocks[0].drop_prob) == 0.0
+    torch.manual_seed(0)
+    masks = torch.stack([blk.drop_mask(torch.zeros(64, 5)) for _ in range(50)])
+    assert masks.shape == (50, 64, 1, 1, 1)
+    assert set(masks.unique().tolist()) == {0.0, 2.0}
+    assert 0.4 < (masks > 0).float().mean() < 0.6
+    assert blk.eval().drop_mask(torch.zeros(4, 5)) is None
 
 
 def test_tables_are_resampled_per_view_and_cached_in_eval():
@@ -389,3 +441,63 @@ def test_full_size_vit_b16_layouts_load_without_unexpected_keys(tmp_path):
     missing, unexpected = load_pretrained(model, tmp_path / "kinetics400_vitb_ssl.pth")
     assert unexpected == [] and missing == []
     assert model.time_embed.shape == (1, 16, 768)
+
+
+# ---------------------------------------------------------------- regional compilation
+
+def _cpu_compiler_problem() -> str | None:
+    """Why torch.compile cannot run here, or None (inductor needs a working C++ compiler)."""
+    try:
+        torch.compile(lambda t: t * 2 + 1)(torch.ones(3))
+    except Exception as e:  # noqa: BLE001 - any failure means: no compiler to test against
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_eager_outputs_and_gradients():
+    """pretrain.compile: blocks on the CPU compiler: same output and gradients as eager
+    (fp32, rtol 1e-5), one shared graph for all blocks, the compile time recorded."""
+    problem = _cpu_compiler_problem()
+    if problem:
+        pytest.skip(f"torch.compile does not work on this machine: {problem}")
+    m = tiny(depth=3, num_frames=4, drop_path_rate=0.0)
+    perturb(m, scale=0.2)
+    m.train()
+    video = torch.randn(2, 3, 2, 32, 32)
+    eager, g_eager = grads_of(m, m, video)
+    m.compile_blocks()
+    compiled, g_compiled = grads_of(m, m, video)
+    assert m._compiled is not None, "the compiled path fell back to eager"
+    assert m.compile_seconds > 0
+    assert_close_rel(compiled, eager)
+    for n in g_eager:
+        assert_close_rel(g_compiled[n], g_eager[n], msg=n)
+    assert m.state_dict().keys() == tiny(depth=3, num_frames=4).state_dict().keys()  # no _orig_mod
+
+
+@pytest.mark.slow
+def test_compiler_failure_warns_once_and_runs_eager(capfd, monkeypatch):
+    """A real compiler failure (no C++ compiler where inductor looks): one warning line, then
+    eager, with eager's numbers."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/bin/g++"))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # no cached kernels either
+    monkeypatch.setattr(functorch_config, "enable_autograd_cache", False)
+    torch._dynamo.reset()
+    m = tiny(depth=2, num_frames=4)
+    perturb(m, scale=0.2)
+    video = torch.randn(2, 3, 2, 32, 32)
+    eager, g_eager = grads_of(m, m, video)
+    m.compile_blocks()
+    out, g = grads_of(m, m, video)
+    err = capfd.readouterr().err
+    warnings = [line for line in err.splitlines() if "torch.compile of the blocks failed" in line]
+    assert len(warnings) == 1 and "running eager" in warnings[0], err[-2000:]
+    assert m._compiled is None
+    torch.testing.assert_close(out, eager, rtol=0, atol=0)
+    for n in g_eager:
+        torch.testing.assert_close(g[n], g_eager[n], rtol=0, atol=0, msg=n)
+    torch._dynamo.reset()
