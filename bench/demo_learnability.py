@@ -93,7 +93,7 @@ def render(classes, groups, clips, frames, size, short, seed, background, jobs):
 
     def one(job):
         c, g, k = job
-        rng = np.random.default_rng([seed, dd.CLASSES.index(c), g, k])
+        rng = np.random.default_rng([seed, dd.ALL_CLASSES.index(c), g, k])
         return resize_short_side(dd.render_clip(c, rng, frames, size), short)
 
     if background is None:
@@ -160,7 +160,7 @@ def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50):
     loss_fn = SVTLoss.from_config(cfg["loss"], n_global, len(view_cfg.views), oc["epochs"])
     head = torch.nn.Linear(student.backbone.embed_dim, n_classes)  # supervised only
     params = student if mode == "ssl" else torch.nn.ModuleList([student.backbone, head])
-    optimizer = torch.optim.AdamW(param_groups(params))
+    optimizer = torch.optim.AdamW(param_groups(params, oc["decay_embeddings"]))
     rng, gen = np.random.default_rng(oc["seed"]), torch.Generator().manual_seed(oc["seed"])
     t0, step = time.time(), 0
     while step < steps:
@@ -182,7 +182,7 @@ def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50):
                 extra = ""
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            clip_gradients(params, oc["clip_grad"])
+            clip_gradients(params, oc["clip_grad"], oc["clip_mode"])
             if mode == "ssl":
                 cancel_last_layer_gradients(student.head, step / iters, oc["freeze_last_layer"])
             optimizer.step()

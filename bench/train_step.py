@@ -1,5 +1,5 @@
 """Throughput of one SVT training step: student forward+backward over all views, teacher
-forward over the global views, the loss, AdamW and the EMA update, exactly as svt.pretrain
+forward over the global views, the loss, gradient clipping, AdamW and the EMA update, as svt.pretrain
 runs them (inputs are random clips already at view size: data loading is bench/decoders.py).
 
     python bench/train_step.py [--config config.yaml] [--preset config/demo.yaml]
@@ -30,7 +30,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from svt.config import apply_overrides, merged  # noqa: E402
-from svt.loss import SVTLoss, update_teacher  # noqa: E402
+from svt.loss import SVTLoss, clip_gradients, param_groups, update_teacher  # noqa: E402
 from svt.pretrain import build_nets, make_optimizer, precision_context  # noqa: E402
 from svt.views import ViewConfig  # noqa: E402
 
@@ -152,11 +152,11 @@ def main() -> int:
     torch.manual_seed(0)
     student, teacher = build_nets(cfg, device)
     loss_fn = SVTLoss.from_config(cfg["loss"], n_global, len(views_spec), cfg["optim"]["epochs"]).to(device)
+    oc = cfg["optim"]
     if a.optimizer == "fused":
-        opt = make_optimizer(student)
+        opt = make_optimizer(student, oc["decay_embeddings"])
     else:
-        from svt.loss import param_groups
-        opt = torch.optim.AdamW(param_groups(student), foreach=True)
+        opt = torch.optim.AdamW(param_groups(student, oc["decay_embeddings"]), foreach=True)
     precision, autocast = precision_context(a.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     params = sum(p.numel() for p in student.backbone.parameters()) / 1e6
@@ -174,6 +174,8 @@ def main() -> int:
                 loss, _ = loss_fn(s_out, t_out, 1.0, with_stats=False)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            clip_gradients(student, oc["clip_grad"], oc["clip_mode"])
             scaler.step(opt)
             scaler.update()
             update_teacher(student, teacher, 0.996)

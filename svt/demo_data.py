@@ -68,6 +68,14 @@ MAX_ZOOM_RATIO = 4.0  # long clips: cap the total size change so objects stay re
 OBJECT_RADIUS = (0.12, 0.20)
 FRAME_NOISE = 2.0  # std of the independent per-frame noise, in 0..255 units
 
+# The shape family: the label fixes the outline only. Each video draws its own flat colours,
+# size, position, orientation and motion (still, a translation, a rotation or a zoom) from
+# the same distributions for every class, so only the silhouette tells the classes apart.
+SHAPE_CLASSES = ["ShapeDisk", "ShapeSquare", "ShapeTriangle", "ShapeStar", "ShapeCross"]
+SHAPE_RADIUS = (0.22, 0.32)  # large: the silhouette spans several 16-pixel patches at 64 px
+SHAPE_MOTIONS = ("still", "translate", "rotate", "zoom")
+ALL_CLASSES = CLASSES + SHAPE_CLASSES  # the index seeds each video's random stream
+
 UCF_TEST_FRACTION = 7 / 25  # UCF101 tests on 7 of its 25 groups in each fold
 N_FOLDS = 3
 
@@ -126,7 +134,72 @@ def _shape_distance(kind: str, params: dict, u: np.ndarray, v: np.ndarray) -> np
     rho, ang = np.sqrt(u**2 + v**2), np.arctan2(v, u)
     if kind == "star":
         return rho - (0.65 + 0.3 * np.cos(params["points"] * ang))
+    if kind == "cross":  # union of a horizontal and a vertical bar
+        a = params["arm"]
+        return np.minimum(np.maximum(np.abs(u) - 0.9, np.abs(v) - a),
+                          np.maximum(np.abs(u) - a, np.abs(v) - 0.9))
     return rho - (0.75 + 0.12 * np.sin(2 * ang + params["p2"]) + 0.1 * np.sin(3 * ang + params["p3"]))
+
+
+_SHAPE_OUTLINES = {  # class -> (_shape_distance kind, fixed parameters)
+    "ShapeDisk": ("ellipse", {"aspect": 1.0}),
+    "ShapeSquare": ("rectangle", {"hx": 0.75, "hy": 0.75}),
+    "ShapeTriangle": ("triangle", {"phi": 0.0}),
+    "ShapeStar": ("star", {"points": 5}),
+    "ShapeCross": ("cross", {"arm": 0.3}),
+}
+
+
+def render_shape_clip(class_name: str, rng: np.random.Generator, frames: int,
+                      size: tuple[int, int]) -> np.ndarray:
+    """One clip of the shape family (SHAPE_CLASSES): a flat-coloured silhouette whose outline
+    is the class, on a flat background, uint8 (frames, H, W, 3)."""
+    if class_name not in _SHAPE_OUTLINES:
+        raise ValueError(f"unknown shape class {class_name!r}; known: {', '.join(SHAPE_CLASSES)}")
+    w, h = size
+    kind, params = _SHAPE_OUTLINES[class_name]
+    background = rng.random(3, dtype=np.float32)
+    for _ in range(50):  # an object colour that stands out from the background
+        colour = rng.random(3, dtype=np.float32)
+        if np.linalg.norm(colour - background) > 0.5:
+            break
+    radius = rng.uniform(*SHAPE_RADIUS) * min(w, h)
+    motion = SHAPE_MOTIONS[int(rng.integers(len(SHAPE_MOTIONS)))]
+    steps = np.arange(frames, dtype=np.float32)
+    unit = min(w, h)
+    cx0, cy0 = rng.uniform(radius, w - radius), rng.uniform(radius, h - radius)
+    heading = rng.uniform(0, 2 * np.pi)
+    speed = rng.uniform(*SLOW_SPEED) * unit
+    spin = rng.choice([-1, 1]) * np.deg2rad(rng.uniform(*ROTATION_DEG))
+    rate = rng.choice([-1, 1]) * min(rng.uniform(*ZOOM_RATE), math.log(2.0) / max(frames - 1, 1))
+    angle = rng.uniform(0, 2 * np.pi) + (spin * steps if motion == "rotate" else 0 * steps)
+    scale = np.exp(rate * (steps - (frames - 1) / 2)) if motion == "zoom" else np.ones(frames)
+    travel = speed * steps if motion == "translate" else 0 * steps
+    # a path that would leave the frame is reflected at the border (the object stays whole)
+    cx = _bounce(cx0 + np.cos(heading) * travel, radius, w - radius)
+    cy = _bounce(cy0 + np.sin(heading) * travel, radius, h - radius)
+
+    xs = np.arange(w, dtype=np.float32)[None, None, :] + 0.5
+    ys = np.arange(h, dtype=np.float32)[None, :, None] + 0.5
+    dx, dy = xs - cx[:, None, None], ys - cy[:, None, None]
+    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
+    px_per_unit = (scale * radius)[:, None, None].astype(np.float32)
+    u = (cos * dx + sin * dy) / px_per_unit
+    v = (-sin * dx + cos * dy) / px_per_unit
+    alpha = np.clip(0.5 - _shape_distance(kind, params, u, v) * px_per_unit, 0, 1)[..., None]
+    video = 255 * (background + alpha * (colour - background))
+    video += rng.standard_normal(alpha.shape, dtype=np.float32) * FRAME_NOISE + 0.5
+    np.clip(video, 0, 255, out=video)
+    return video.astype(np.uint8)
+
+
+def _bounce(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Positions reflected into [lo, hi] (a path bouncing off the walls)."""
+    if hi <= lo:
+        return np.full_like(x, (lo + hi) / 2)
+    period = 2 * (hi - lo)
+    y = np.mod(x - lo, period)
+    return (lo + np.where(y > hi - lo, period - y, y)).astype(np.float32)
 
 
 def _draw_shape(rng: np.random.Generator) -> tuple[str, dict]:
@@ -215,8 +288,10 @@ def render_clip(class_name: str, rng: np.random.Generator, frames: int, size: tu
     """Render one clip of ``class_name`` as uint8 RGB frames, shape (frames, H, W, 3).
 
     ``size`` is (width, height). All randomness comes from ``rng``: the same generator state
-    gives the same pixels.
+    gives the same pixels. Classes of the shape family go to render_shape_clip.
     """
+    if class_name in SHAPE_CLASSES:
+        return render_shape_clip(class_name, rng, frames, size)
     w, h = size
     # Appearance first, drawn identically for every class, then the class's motion.
     background = _background(rng, w, h)

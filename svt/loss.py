@@ -239,6 +239,7 @@ def optim_schedules(optim: dict, epochs: int, iters_per_epoch: int,
 # --------------------------------------------------------------------------- optimiser
 
 
+CLIP_MODES = ("per_tensor", "global")
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
 
 
@@ -252,26 +253,29 @@ def _no_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def param_groups(model: nn.Module) -> list[dict]:
+def param_groups(model: nn.Module, decay_embeddings: bool = True) -> list[dict]:
     """Two AdamW groups: decayed weights, and everything that should not shrink.
 
-    No decay for biases, normalisation parameters, any parameter with fewer than two
-    dimensions, weight-norm magnitudes, and names from ``no_weight_decay()`` (positional
-    tables, CLS token), matched by suffix so a wrapper's prefix does not matter. Frozen
+    ``decay_embeddings=True`` is the official SVT/DINO rule: only biases and tensors with
+    fewer than two dimensions (norm weights among them) are exempt, so the CLS token, the
+    positional tables and the weight-norm magnitude are decayed. ``False`` also exempts the
+    names of ``no_weight_decay()`` (positional tables, CLS token) and weight-norm magnitudes,
+    as timm does; names are matched by suffix so a wrapper's prefix does not matter. Frozen
     parameters are left out. Each group carries ``"apply_weight_decay"`` for
     :func:`apply_schedules`.
     """
     model = _unwrap(model)
-    skip = _no_decay_names(model)
+    skip = set() if decay_embeddings else _no_decay_names(model)
     norm_params = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES)
                    for p in m.parameters(recurse=False)}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        exempt = (p.ndim <= 1 or name.endswith(".bias") or id(p) in norm_params
-                  or name.endswith("parametrizations.weight.original0")
-                  or any(name == s or name.endswith("." + s) for s in skip))
+        exempt = p.ndim <= 1 or name.endswith(".bias") or id(p) in norm_params
+        if not decay_embeddings:
+            exempt = (exempt or name.endswith("parametrizations.weight.original0")
+                      or any(name == s or name.endswith("." + s) for s in skip))
         (no_decay if exempt else decay).append(p)
     groups = [{"params": decay, "apply_weight_decay": True},
               {"params": no_decay, "apply_weight_decay": False, "weight_decay": 0.0}]
@@ -286,19 +290,31 @@ def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, wd: float) -> N
             group["weight_decay"] = wd
 
 
-def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
-    """Clip the global gradient norm to ``max_norm`` (0 disables) and return the norm
-    before clipping, as a 0-d tensor (no device sync; call ``.item()`` to log it).
+def clip_gradients(model: nn.Module, max_norm: float, mode: str = "per_tensor") -> torch.Tensor:
+    """Clip gradients to ``max_norm`` (0 disables) and return the global norm before
+    clipping, as a 0-d tensor (no device sync; call ``.item()`` to log it).
 
-    Note: DINO's and SVT's official code clip each parameter's gradient separately; this
-    clips the global norm, as torch's ``clip_grad_norm_`` does.
+    ``per_tensor`` (official SVT and DINO): each parameter's gradient is scaled by
+    ``max_norm / (its norm + 1e-6)`` where that is below 1, tensor by tensor. ``global``:
+    one scale for all gradients from their global norm, as torch's ``clip_grad_norm_``.
     """
+    if mode not in CLIP_MODES:
+        raise ValueError(f"clip mode {mode!r}: expected one of {CLIP_MODES}")
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
         return torch.zeros(())
-    if max_norm and max_norm > 0:
+    if mode == "global" and max_norm and max_norm > 0:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return torch.nn.utils.get_total_norm([p.grad for p in params])
+    grads = [p.grad for p in params]
+    norms = torch._foreach_norm(grads)
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    if max_norm and max_norm > 0:
+        scales = torch._foreach_add(norms, 1e-6)
+        torch._foreach_reciprocal_(scales)
+        torch._foreach_mul_(scales, max_norm)
+        torch._foreach_clamp_max_(scales, 1.0)
+        torch._foreach_mul_(grads, scales)
+    return total
 
 
 def cancel_last_layer_gradients(head: nn.Module, epoch: float, freeze_epochs: float) -> None:

@@ -38,6 +38,7 @@ import_timm()
 from timm.layers import Mlp, PatchEmbed, trunc_normal_  # noqa: E402
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+DROP_PATH_MODES = ("official", "sample")
 
 # Presets for build_model(arch=...); every key can still be overridden.
 ARCHS = {
@@ -88,8 +89,11 @@ class Block(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path: float = 0.0):
+                 drop_path: float = 0.0, drop_path_mode: str = "official"):
         super().__init__()
+        if drop_path_mode not in DROP_PATH_MODES:
+            raise ValueError(f"drop_path_mode {drop_path_mode!r}: expected one of {DROP_PATH_MODES}")
+        self.drop_path_mode = drop_path_mode
         self.temporal_norm1 = LayerNorm(dim)
         self.temporal_attn = Attention(dim, num_heads, qkv_bias)
         self.temporal_fc = nn.Linear(dim, dim)
@@ -100,42 +104,56 @@ class Block(nn.Module):
         # A tensor, not a float attribute: every block then compiles to the same graph.
         self.register_buffer("drop_prob", torch.tensor(float(drop_path)), persistent=False)
 
-    def drop_mask(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Stochastic depth: one keep/drop draw per sample, scaled by 1/keep (None in eval)."""
+    def drop_mask(self, x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """Stochastic depth: keep/drop draws of ``shape``, scaled by 1/keep (None in eval)."""
         if not self.training:
             return None
         keep = 1.0 - self.drop_prob
-        mask = torch.empty((x.shape[0], 1, 1, 1), dtype=torch.float32, device=x.device)
-        return mask.bernoulli_(keep).div_(keep)
+        return torch.empty(shape, dtype=torch.float32, device=x.device).bernoulli_(keep).div_(keep)
+
+    def drop_shapes(self, B: int, S: int, T: int) -> tuple[tuple[int, ...], ...]:
+        """The draws of the temporal, spatial and MLP branches. "official" (TimeSformer/SVT):
+        one per sample and location in the temporal branch, applied before temporal_fc, one per
+        sample and frame in the spatial branch (the CLS token's T outputs are averaged after
+        it), one per sample for the MLP. "sample" (timm): one per sample everywhere."""
+        if self.drop_path_mode == "official":
+            return (B, S), (B, T), (B,)
+        return (B,), (B,), (B,)
 
     def forward(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         """(B, 1 + N, T, D) -> same; with ``cls_only`` (the last block) just the CLS (B, D)."""
         B, S, T, D = x.shape
+        temporal, spatial, mlp = self.drop_shapes(B, S, T)
         cls_row = torch.ones(1, S, 1, 1, dtype=torch.float32, device=x.device)
         cls_row[:, 0] = 0  # the CLS row gets no temporal update
 
         # Temporal: one sequence of T frames per row, already contiguous.
-        xt = self.temporal_fc(self.temporal_attn(self.temporal_norm1(x.reshape(B * S, T, D))))
-        m = self.drop_mask(x)
-        x = torch.addcmul(x, xt.reshape(B, S, T, D), cls_row if m is None else cls_row * m)
+        h = self.temporal_attn(self.temporal_norm1(x.reshape(B * S, T, D)))
+        m = self.drop_mask(x, temporal)
+        if m is not None and m.dim() == 2:  # per location, before temporal_fc (official)
+            h = h * m.reshape(B * S, 1, 1)
+            m = None
+        scale = cls_row if m is None else cls_row * m.reshape(B, 1, 1, 1)
+        x = torch.addcmul(x, self.temporal_fc(h).reshape(B, S, T, D), scale)
 
         # Spatial: each frame's CLS copy and N patches; the one transposing copy of the block.
         xs = self.norm1(x.transpose(1, 2).reshape(B * T, S, D))
-        m = self.drop_mask(x)
+        m = self.drop_mask(x, spatial)
         if cls_only:  # only the CLS output is read after the last block
             res = self.attn(xs, first_query_only=True).reshape(B, T, D)
-            res = res if m is None else res * m.reshape(B, 1, 1)
+            res = res if m is None else res * m.reshape(B, -1, 1)
             cls = x[:, 0, 0] + res.mean(1)
-            m = self.drop_mask(x)
+            m = self.drop_mask(x, mlp)
             return _residual(cls, self.mlp(self.norm2(cls)), None if m is None else m.reshape(B, 1))
         res = self.attn(xs).reshape(B, T, S, D).transpose(1, 2)  # (B, S, T, D), a view
+        m = None if m is None else m.reshape(B, 1, -1, 1)  # per sample or per frame
         out = _residual(x, res, m)
         # CLS: its T per-frame outputs are averaged, the same value in every column
         cls_res = res[:, :1] if m is None else res[:, :1] * m
         out[:, :1] = x[:, :1] + cls_res.mean(2, keepdim=True)
 
-        m = self.drop_mask(x)
-        return _residual(out, self.mlp(self.norm2(out)), m)
+        m = self.drop_mask(x, mlp)
+        return _residual(out, self.mlp(self.norm2(out)), None if m is None else m.reshape(B, 1, 1, 1))
 
 
 class VisionTransformerSVT(nn.Module):
@@ -145,7 +163,7 @@ class VisionTransformerSVT(nn.Module):
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.1,
                  pos_interp_spatial: str = "nearest", pos_interp_temporal: str = "nearest",
-                 grad_checkpointing: bool = False):
+                 grad_checkpointing: bool = False, drop_path_mode: str = "official"):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
@@ -165,7 +183,8 @@ class VisionTransformerSVT(nn.Module):
         self.time_embed = nn.Parameter(torch.zeros(1, num_frames, embed_dim))
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth rises with depth
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i]) for i in range(depth))
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], drop_path_mode)
+            for i in range(depth))
         self.norm = LayerNorm(embed_dim)
         self._pos_cache = PosEmbedCache()
         self._compiled: list[nn.Module] | None = None  # compile_blocks()
@@ -268,10 +287,12 @@ class VisionTransformerSVT(nn.Module):
 
 
 def build_model(arch: str | None = None, **cfg) -> VisionTransformerSVT:
-    """Build from the config.yaml ``model`` section; ``init`` (a checkpoint path) is ignored
-    here (see load_pretrained). ``arch`` picks an ARCHS preset that the other keys override."""
+    """Build from the config.yaml ``model`` section; ``init`` (a checkpoint path, see
+    load_pretrained) and ``teacher_mode`` (svt.pretrain) are ignored here. ``arch`` picks an
+    ARCHS preset that the other keys override."""
     cfg = dict(cfg)
     cfg.pop("init", None)
+    cfg.pop("teacher_mode", None)  # how svt.pretrain runs the teacher, not the architecture
     params = dict(ARCHS[arch]) if arch is not None else {}
     params.update(cfg)
     known = set(inspect.signature(VisionTransformerSVT).parameters)

@@ -194,11 +194,12 @@ def precision_context(precision: str, device: torch.device):
     return precision, lambda: torch.autocast(device.type, dtype=dtype)
 
 
-def make_optimizer(model: nn.Module) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, decay_embeddings: bool = True) -> torch.optim.AdamW:
     """AdamW over param_groups; the fused kernel (one launch for all tensors) where the
     device has it. Same update as the foreach path to fp32 rounding, same state layout."""
     device = next(model.parameters()).device
-    return torch.optim.AdamW(param_groups(model), fused=device.type in ("cuda", "cpu"))
+    return torch.optim.AdamW(param_groups(model, decay_embeddings),
+                             fused=device.type in ("cuda", "cpu"))
 
 
 def build_nets(cfg: dict, device: torch.device) -> tuple[MultiViewModel, MultiViewModel]:
@@ -216,7 +217,9 @@ def build_nets(cfg: dict, device: torch.device) -> tuple[MultiViewModel, MultiVi
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters():
         p.requires_grad_(False)
-    teacher.eval()  # no drop-path in the teacher: it is an average, not a regularised learner
+    # official: the teacher runs in train mode, drop-path on; "eval": without (an average of
+    # the student needs no regularising)
+    teacher.train(m["teacher_mode"] == "train")
     return student.to(device), teacher.to(device)
 
 
@@ -320,7 +323,7 @@ def train(args: argparse.Namespace) -> int:
     n_views = len(view_cfg.views)
     n_global = len(cfg["views"]["global_frames"])
     loss_fn = SVTLoss.from_config(cfg["loss"], n_global, n_views, oc["epochs"]).to(device)
-    optimizer = make_optimizer(student)
+    optimizer = make_optimizer(student, oc["decay_embeddings"])
     if pc["compile"] == "blocks":
         student.backbone.compile_blocks()
         teacher.backbone.compile_blocks()
@@ -441,7 +444,7 @@ def train(args: argparse.Namespace) -> int:
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
-            grad_norm = clip_gradients(student, oc["clip_grad"])
+            grad_norm = clip_gradients(student, oc["clip_grad"], oc["clip_mode"])
             cancel_last_layer_gradients(student.head, epoch, oc["freeze_last_layer"])
             scaler.step(optimizer)
             scaler.update()

@@ -297,9 +297,25 @@ class TinyBackbone(nn.Module):
         return self.bn(self.fc(self.norm(tokens[:, 0])))
 
 
+def test_param_groups_official_rule_decays_embeddings():
+    """decay_embeddings=True (the default, official SVT/DINO): only biases and tensors of
+    fewer than two dimensions are exempt; the CLS token and positional tables are decayed."""
+    model = MultiViewModel(TinyBackbone(), DINOHead(8, out_dim=16, hidden_dim=8, bottleneck_dim=4,
+                                                    norm_last_layer=False))
+    groups = param_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)] for p in groups[0]["params"]}
+    no_decay = {names[id(p)] for p in groups[1]["params"]}
+    assert decay == {"backbone.patch.weight", "backbone.fc.weight", "head.mlp.0.weight",
+                     "head.mlp.2.weight", "head.mlp.4.weight", "backbone.pos_embed",
+                     "backbone.cls_token", "head.last_layer.parametrizations.weight.original0",
+                     "head.last_layer.parametrizations.weight.original1"}
+    assert no_decay == {n for n, p in model.named_parameters() if n.endswith(".bias") or p.ndim <= 1}
+
+
 def test_param_groups_exempt_biases_norms_and_pos_tables():
     model = MultiViewModel(TinyBackbone(), DINOHead(8, out_dim=16, hidden_dim=8, bottleneck_dim=4))
-    groups = param_groups(model)
+    groups = param_groups(model, decay_embeddings=False)
     names = {id(p): n for n, p in model.named_parameters()}
     decay = {names[id(p)] for p in groups[0]["params"]}
     no_decay = {names[id(p)] for p in groups[1]["params"]}
@@ -319,17 +335,36 @@ def test_param_groups_exempt_biases_norms_and_pos_tables():
     assert [g["weight_decay"] for g in opt.param_groups] == [0.07, 0.0]
 
 
-def test_clip_gradients_returns_norm_and_clips():
+def test_clip_gradients_global_returns_norm_and_clips():
     model = nn.Linear(4, 3)
     model.weight.grad = torch.full_like(model.weight, 2.0)  # 12 entries
     model.bias.grad = torch.full_like(model.bias, 2.0)  # 3 entries
-    norm = clip_gradients(model, 0)  # disabled: unchanged
+    norm = clip_gradients(model, 0, "global")  # disabled: unchanged
     assert float(norm) == pytest.approx(2.0 * math.sqrt(15))
     assert torch.all(model.weight.grad == 2.0)
-    norm = clip_gradients(model, 1.0)
+    norm = clip_gradients(model, 1.0, "global")
     assert float(norm) == pytest.approx(2.0 * math.sqrt(15))
     total = torch.sqrt(model.weight.grad.pow(2).sum() + model.bias.grad.pow(2).sum())
     assert float(total) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_clip_gradients_per_tensor_is_dinos_formula():
+    """Official SVT/DINO: g *= max_norm / (||g|| + 1e-6) for each tensor whose norm exceeds
+    max_norm; smaller tensors are untouched. Returns the global norm before clipping."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4))
+    grads = [torch.randn(p.shape) * s for p, s in zip(model.parameters(), (10.0, 0.01, 3.0, 0.5))]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    norm = clip_gradients(model, 1.5)  # per_tensor is the default
+    assert float(norm) == pytest.approx(float(torch.sqrt(sum(g.pow(2).sum() for g in grads))), rel=1e-6)
+    for p, g in zip(model.parameters(), grads):
+        coef = 1.5 / (g.norm() + 1e-6)
+        expected = g * coef if coef < 1 else g
+        torch.testing.assert_close(p.grad, expected, rtol=1e-6, atol=0)
+    assert any(float(g.norm()) < 1.5 for g in grads) and any(float(g.norm()) > 1.5 for g in grads)
+    with pytest.raises(ValueError, match="clip mode 'norm'"):
+        clip_gradients(model, 1.0, "norm")
 
 
 def test_last_layer_is_frozen_in_first_epoch():

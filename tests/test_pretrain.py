@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 
 TINY = {
     "model": {"patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0,
-              "qkv_bias": True, "drop_path_rate": 0.1, "img_size": 32, "num_frames": 4, "init": "none",
+              "qkv_bias": True, "drop_path_rate": 0.1, "drop_path_mode": "official", "teacher_mode": "train",
+              "img_size": 32, "num_frames": 4, "init": "none",
               "pos_interp_spatial": "nearest", "pos_interp_temporal": "nearest",
               "grad_checkpointing": False},
     "views": {"global_frames": [2, 4], "global_size": 32, "global_span": 0.9,
@@ -38,7 +39,8 @@ TINY = {
              "warmup_teacher_temp_epochs": 0, "center_momentum": 0.9},
     "optim": {"epochs": 3, "warmup_epochs": 1, "batch_size_per_gpu": 2, "lr": 5e-4, "min_lr": 1e-6,
               "weight_decay": 0.04, "weight_decay_end": 0.1, "momentum_teacher": 0.996,
-              "clip_grad": 3.0, "freeze_last_layer": 1, "seed": 0},
+              "clip_grad": 3.0, "clip_mode": "per_tensor", "decay_embeddings": True,
+              "freeze_last_layer": 1, "seed": 0},
     "pretrain": {"devices_per_node": 1, "num_workers": 0, "precision": "auto",
                  "decoder": "torchcodec", "compile": "off", "checkpoint_every": 1, "log_every": 1},
 }
@@ -315,3 +317,47 @@ def test_compiled_blocks_train_like_eager_and_log_the_compile_time(data, tmp_pat
     from mlflow.tracking import MlflowClient
     run_id = json.loads((compiled / "run.json").read_text())["mlflow_run_id"]
     assert MlflowClient(f"sqlite:///{compiled / 'mlflow.db'}").get_run(run_id).data.metrics["compile_s"] > 0
+
+
+def test_config_yaml_has_the_official_training_semantics():
+    """config.yaml's defaults are the official SVT code's: teacher in train mode with drop-path,
+    drop-path per location/frame, CLS token and positional tables decayed, per-tensor clipping,
+    8 trained temporal rows resampled to a 16-frame view."""
+    import yaml
+
+    from svt.loss import param_groups
+    from svt.pretrain import build_nets, make_optimizer
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert cfg["optim"]["clip_mode"] == "per_tensor" and cfg["optim"]["decay_embeddings"] is True
+    assert cfg["model"]["teacher_mode"] == "train" and cfg["model"]["drop_path_mode"] == "official"
+    assert cfg["model"]["num_frames"] == 8
+    cfg["model"].update(embed_dim=32, depth=2, num_heads=2, img_size=32, drop_path_rate=0.5)
+    cfg["loss"].update(out_dim=16, hidden_dim=16, bottleneck_dim=8)
+    torch.manual_seed(0)
+    student, teacher = build_nets(cfg, torch.device("cpu"))
+    assert teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    video = [torch.randn(2, 3, 16, 32, 32)]
+    with torch.no_grad():
+        assert not torch.equal(teacher(video), teacher(video))  # drop-path is on in the teacher
+    cfg["model"]["teacher_mode"] = "eval"
+    teacher_eval = build_nets(cfg, torch.device("cpu"))[1]
+    with torch.no_grad():
+        assert not teacher_eval.training and torch.equal(teacher_eval(video), teacher_eval(video))
+
+    decayed = {id(p) for p in param_groups(student)[0]["params"]}
+    bb = student.backbone
+    assert {id(bb.cls_token), id(bb.pos_embed), id(bb.time_embed)} <= decayed
+    assert {id(bb.cls_token), id(bb.pos_embed)}.isdisjoint(
+        {id(p) for p in param_groups(student, decay_embeddings=False)[0]["params"]})
+    assert make_optimizer(student, True).param_groups[0]["params"][0] is not None
+
+    assert bb.time_embed.shape[1] == 8
+    with torch.no_grad():
+        bb.time_embed.copy_(torch.randn_like(bb.time_embed))
+    table = bb.temporal_table(16)  # nearest: each trained row serves two of the 16 frames
+    torch.testing.assert_close(table[0], bb.time_embed[0].repeat_interleave(2, dim=0))
+    student.train()
+    out = student.backbone(video[0])
+    (out * torch.randn_like(out)).sum().backward()  # (a plain sum of a LayerNorm output is 0)
+    assert bb.time_embed.grad.shape == (1, 8, 32) and bb.time_embed.grad.abs().sum(-1).gt(0).all()
