@@ -1,7 +1,7 @@
 """Can the demo model learn a demo data design at all? Check it before running the workflow.
 
     python bench/demo_learnability.py [--preset config/demo.yaml] [--classes all|N|A,B,...]
-        [--groups 8] [--clips 2] [--mode random,supervised,ssl] [--steps 300]
+        [--groups 8] [--clips 2] [--mode random,supervised,ssl] [--steps 300]  # --classes shapes
         [--background textured|flat|by-class] [--set NAME=VALUE ...] [--cfg KEY=VALUE ...]
 
 Renders demo videos in memory (``svt.demo_data.render_clip``, resized to the demo decode's
@@ -199,7 +199,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "config.yaml"))
     p.add_argument("--preset", default=str(ROOT / "config/demo.yaml"))
-    p.add_argument("--classes", default="all", help="all, the first N, or names A,B,...")
+    p.add_argument("--classes", default="all",
+                   help="all (the motion classes), shapes (the shape family), the first N, or names A,B,...")
     p.add_argument("--groups", type=int, default=8)
     p.add_argument("--clips", type=int, default=2, help="clips per group and class (default 2, as make demo-data)")
     p.add_argument("--frames", type=int, default=48)
@@ -221,6 +222,8 @@ def main(argv=None) -> int:
         set_constant(item)
     if a.classes == "all":
         classes = list(dd.CLASSES)
+    elif a.classes == "shapes":
+        classes = list(dd.SHAPE_CLASSES)
     elif a.classes.isdigit():
         classes = dd.CLASSES[:int(a.classes)]
     else:

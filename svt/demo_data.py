@@ -158,11 +158,10 @@ def render_shape_clip(class_name: str, rng: np.random.Generator, frames: int,
         raise ValueError(f"unknown shape class {class_name!r}; known: {', '.join(SHAPE_CLASSES)}")
     w, h = size
     kind, params = _SHAPE_OUTLINES[class_name]
-    background = rng.random(3, dtype=np.float32)
-    for _ in range(50):  # an object colour that stands out from the background
-        colour = rng.random(3, dtype=np.float32)
-        if np.linalg.norm(colour - background) > 0.5:
-            break
+    # Random hues, but always a light object on a dark background: with the contrast's sign
+    # random too, the demo-sized ViT learned no shape at all (bench/demo_learnability.py).
+    background = rng.random(3, dtype=np.float32) * 0.45
+    colour = 0.55 + rng.random(3, dtype=np.float32) * 0.45
     radius = rng.uniform(*SHAPE_RADIUS) * min(w, h)
     motion = SHAPE_MOTIONS[int(rng.integers(len(SHAPE_MOTIONS)))]
     steps = np.arange(frames, dtype=np.float32)

@@ -13,8 +13,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -116,6 +118,41 @@ def add_arguments(ap: argparse.ArgumentParser, experiment: str = "svt") -> None:
                         "svt.wildcards); repeat")
 
 
+MAX_NAME = 250  # MLflow's limit on metric, param and tag names
+MAX_TAG_VALUE = 8000
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_\-.:/]+")
+
+
+def safe_name(name: str) -> str:
+    """A metric, param or tag name MLflow accepts, the same for the same input: accents
+    dropped (NFKD), every other character outside ``[A-Za-z0-9_-.:/]`` (spaces included)
+    replaced by ``_``, runs of ``_`` collapsed and trimmed, no empty or ``.``/``..`` path
+    parts, at most 250 characters (a long name keeps its start and ends in a hash of the
+    whole). ``rejected/empty file (0 bytes)`` -> ``rejected/empty_file_0_bytes``."""
+    text = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode()
+    text = _NAME_BAD.sub("_", text)
+    text = re.sub(r"_+", "_", text)
+    parts = [p.strip("_") for p in text.split("/")]
+    text = "/".join(p for p in parts if p not in ("", ".", "..")) or "_"
+    if len(text) > MAX_NAME:
+        digest = hashlib.sha256(str(name).encode()).hexdigest()[:10]
+        text = f"{text[:MAX_NAME - 11]}_{digest}"
+    return text
+
+
+def safe_names(names) -> dict[str, str]:
+    """{original: safe} for a batch; two originals that map to one name are told apart by a
+    hash of the original, so no entry overwrites another."""
+    out, used = {}, set()
+    for name in names:
+        safe = safe_name(name)
+        if safe in used:
+            safe = safe_name(f"{safe[:MAX_NAME - 11]}_{hashlib.sha256(str(name).encode()).hexdigest()[:10]}")
+        used.add(safe)
+        out[name] = safe
+    return out
+
+
 def _rejected(err: Exception) -> bool:
     code = getattr(err, "error_code", "")
     return code in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS",
@@ -161,8 +198,11 @@ class Tracker:
         except Exception:  # created meanwhile by another process
             return self.client.get_experiment_by_name(name).experiment_id
 
-    def _call(self, fn: Callable, *args, **kwargs):
-        """Run one client call with retries; on final failure warn, disable tracking, go on."""
+    def _call(self, fn: Callable, *args, on_refuse: list | None = None, quiet: bool = False,
+              **kwargs):
+        """Run one client call with retries; on final failure warn, disable tracking, go on.
+        A refusal (the store answered "no") is not retried; its message is appended to
+        ``on_refuse`` when given."""
         if not self.enabled:
             return None
         for attempt in range(self.retries + 1):
@@ -170,7 +210,10 @@ class Tracker:
                 return fn(*args, **kwargs)
             except Exception as err:  # network, locked sqlite, server restart ...
                 if _rejected(err):  # the store answered "no": retrying will not help
-                    log.warning("MLflow refused %s: %s", getattr(fn, "__name__", fn), err)
+                    if on_refuse is not None:
+                        on_refuse.append(str(err).splitlines()[0][:300] if str(err) else type(err).__name__)
+                    if not quiet and on_refuse is None:
+                        log.warning("MLflow refused %s: %s", getattr(fn, "__name__", fn), err)
                     return None
                 if attempt == self.retries:
                     log.warning("MLflow unavailable (%s: %s); continuing without tracking",
@@ -184,9 +227,10 @@ class Tracker:
             return
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        names = safe_names(params)
+        items = [Param(names[k], str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's per-request limit
-            self._call(self.client.log_batch, self.run_id, params=items[i:i + 100])
+            self._log_batch("params", items[i:i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if not self.enabled:
@@ -194,14 +238,33 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self._call(self.client.log_batch, self.run_id, metrics=items)
+        names = safe_names(metrics)
+        items = [Metric(names[k], float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):  # MLflow's per-request limit
+            self._log_batch("metrics", items[i:i + 1000])
+
+    def _log_batch(self, kind: str, items: list) -> None:
+        """One log_batch; if the store refuses it, each entry on its own, so one bad entry
+        costs only itself, and the refused ones are named in the log."""
+        refused: list[str] = []
+        self._call(self.client.log_batch, self.run_id, **{kind: items}, on_refuse=refused)
+        if not refused or len(items) == 1:
+            return
+        bad = []
+        for item in items:
+            one: list[str] = []
+            self._call(self.client.log_batch, self.run_id, **{kind: [item]}, on_refuse=one, quiet=True)
+            if one:
+                bad.append(f"{item.key!r} ({one[0]})")
+        if bad:
+            log.warning("MLflow refused %d of %d %s: %s", len(bad), len(items), kind, "; ".join(bad))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if not self.enabled:
             return
+        names = safe_names(tags)
         for k, v in tags.items():
-            self._call(self.client.set_tag, self.run_id, k, str(v))
+            self._call(self.client.set_tag, self.run_id, names[k], str(v)[:MAX_TAG_VALUE])
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         if not self.enabled:

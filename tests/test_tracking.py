@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
 from svt.tracking import (COMMIT_ENV, CONFIG_HASH_ENV, PARENT_ENV, Tracker, artifact_location,
-                          config_hash, end_workflow_run, flatten, git_commit, start_workflow_run)
+                          config_hash, end_workflow_run, flatten, git_commit, safe_name, safe_names,
+                          start_workflow_run)
 
 
 def test_flatten_nested_config():
@@ -210,3 +212,87 @@ def test_tracking_server_script_http_logging_and_stop_by_pid(tmp_path, monkeypat
     status = Path(f"/proc/{pid}/status")
     alive = status.exists() and "\nState:\tZ" not in status.read_text()  # a zombie has ended
     assert not alive, f"mlflow server PID {pid} still running"
+
+
+HOSTILE = ["rejected/empty file (0 bytes)", "rejected/can't \"open\" it", "kept/tést ünïcode ✓",
+           "rejected/" + "very long reason " * 20, "a(b)", "a_b", "/odd//path/../name/", "((("]
+
+
+def test_safe_names_are_valid_stable_and_distinct():
+    from mlflow.utils.validation import _validate_metric_name, _validate_param_name, _validate_tag_name
+
+    names = safe_names(HOSTILE)
+    assert names == safe_names(HOSTILE)  # stable: the same run logs the same keys every time
+    assert len(set(names.values())) == len(HOSTILE)  # no entry overwrites another
+    assert safe_name("rejected/empty file (0 bytes)") == "rejected/empty_file_0_bytes"
+    assert safe_name("eval/random-demo/slow/linear_top1") == "eval/random-demo/slow/linear_top1"
+    for safe in names.values():
+        assert len(safe) <= 250 and safe.isascii()
+        _validate_metric_name(safe)
+        _validate_param_name(safe)
+        _validate_tag_name(safe)
+
+
+def test_hostile_names_lose_no_metric_param_or_tag(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    t = Tracker(uri, "hostile")
+    t.log_metrics({n: i for i, n in enumerate(HOSTILE)}, step=0)
+    t.log_params({n: f"v{i}" for i, n in enumerate(HOSTILE)})
+    t.set_tags({n: "x" * 9000 for n in HOSTILE[:2]})
+    t.finish()
+    run = MlflowClient(uri).get_run(t.run_id)
+    names = safe_names(HOSTILE)
+    assert {names[n]: float(i) for i, n in enumerate(HOSTILE)} == run.data.metrics
+    assert {names[n]: f"v{i}" for i, n in enumerate(HOSTILE)} == run.data.params
+    assert all(len(run.data.tags[names[n]]) == 8000 for n in HOSTILE[:2])
+
+
+def test_a_refused_entry_costs_only_itself_and_is_named(tmp_path, caplog):
+    """MLflow refuses a whole batch when one param changes value; the others still land."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    t = Tracker(uri, "refused")
+    t.log_params({"lr": 1})
+    with caplog.at_level("WARNING", logger="svt.tracking"):
+        t.log_params({"lr": 2, "seed": 3, "epochs": 4})
+    assert t.enabled
+    t.finish()
+    assert MlflowClient(uri).get_run(t.run_id).data.params == {"lr": "1", "seed": "3", "epochs": "4"}
+    warning = next(r.getMessage() for r in caplog.records if "refused" in r.getMessage())
+    assert "1 of 3 params" in warning and "'lr'" in warning
+
+
+def test_data_run_with_hostile_reject_reasons_and_splits_has_every_metric(tmp_path):
+    """The data stage's report on real files: an empty file ("empty file (0 bytes)"), a
+    missing one, a too-short one and a split with quotes and unicode in its name; its MLflow
+    run has every count."""
+    import json
+
+    from conftest import make_video
+    from svt.decode import main as decode_main
+    from svt.manifest import IndexRow, write_rows
+
+    raw = tmp_path / "raw"
+    make_video(raw / "a.mp4", size=(96, 64), seconds=1)
+    make_video(raw / "b.mp4", size=(96, 64), seconds=1)
+    make_video(raw / "short.mp4", size=(96, 64), seconds=0.2)
+    (raw / "empty.mp4").write_bytes(b"")
+    rows = [IndexRow("a.mp4", 0, "x", "train"), IndexRow("b.mp4", 0, "x", "val \"2\" (tést)"),
+            IndexRow("short.mp4", 0, "x", "train"), IndexRow("empty.mp4", 0, "x", "train"),
+            IndexRow("missing.mp4", 0, "x", "train")]
+    write_rows(tmp_path / "index.csv", rows, IndexRow)
+    assert decode_main(["shard", "--index", str(tmp_path / "index.csv"), "--raw-root", str(raw),
+                        "--videos-dir", str(tmp_path / "videos"), "--shard", "0", "--num-shards", "1",
+                        "--short-side", "48", "--min-frames", "16", "--out", str(tmp_path / "s.csv")]) == 0
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert decode_main(["report", "--shards", str(tmp_path / "s.csv"), "--rejects", str(tmp_path / "rejects.csv"),
+                        "--summary", str(tmp_path / "summary.json"), "--tracking-uri", uri,
+                        "--experiment", "data"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {"empty file (0 bytes)", "file not found"} <= set(summary["rejected_per_reason"])
+    expected = {k: summary[k] for k in ("videos", "kept", "rejected", "reject_fraction", "frames", "hours")}
+    expected.update({safe_name(f"kept/{k}"): v for k, v in summary["kept_per_split"].items()})
+    expected.update({safe_name(f"rejected/{k}"): v for k, v in summary["rejected_per_reason"].items()})
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("data").experiment_id])
+    assert run.data.metrics == pytest.approx(expected)
+    assert "rejected/empty_file_0_bytes" in run.data.metrics and len(expected) == 11
