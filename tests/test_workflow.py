@@ -145,3 +145,19 @@ def test_slurm_profile_dry_run_without_slurm(demo, tmp_path):
     res = snakemake(tmp_path, "--profile", "slurm", "-n", "--configfile", str(cfg))
     out = res.stdout + res.stderr
     assert "This was a dry-run" in out and "decode_shard" in out and "pretrain" in out
+
+
+def test_local_cpu_only_run_claims_no_gpus(demo, tmp_path):
+    """A local run on a machine without GPUs plans pretraining and feature extraction without
+    gpu resources (the SLURM tests check that cluster jobs still ask for them)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0:
+        pytest.skip("this machine has a GPU: local jobs claim it")
+    cfg = write_config(tmp_path, {"demo": {"format": "ucf101", "root": str(demo / "videos"),
+                                           "annotations": str(demo / "splits")}})
+    res = snakemake(tmp_path, "-n", "--configfile", str(cfg))
+    lines = [l for l in res.stdout.splitlines() if l.strip().startswith("resources:")]
+    assert lines and "rule pretrain:" in res.stdout and "rule features:" in res.stdout
+    assert not any("gpu" in l for l in lines), lines

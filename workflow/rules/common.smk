@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -287,14 +288,30 @@ def cluster_resources(gpus: int = 0, nodes: int = 1, cpus_per_gpu: int = 0) -> d
         res.update(nodes=nodes, tasks=nodes, mpi="srun")
         if use_gpus:
             model = f"{c['gpu_model']}:" if c["gpu_model"] else ""
-            res.update(gres=f"gpu:{model}{use_gpus}", tasks_per_gpu=0)
+            res.update(gres=gpu_request(f"gpu:{model}{use_gpus}"), tasks_per_gpu=gpu_request(0))
     elif use_gpus:
-        res["gpu"] = use_gpus
+        res["gpu"] = gpu_request(use_gpus)
         if c["gpu_model"]:
-            res["gpu_model"] = c["gpu_model"]
+            res["gpu_model"] = gpu_request(c["gpu_model"])
     if use_gpus and cpus_per_gpu:
-        res["cpus_per_gpu"] = cpus_per_gpu
+        res["cpus_per_gpu"] = gpu_request(cpus_per_gpu)
     return res
+
+
+@functools.cache
+def local_gpu_count() -> int:
+    """GPUs this machine shows (nvidia-smi -L); 0 without a driver."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
+
+
+def gpu_request(value):
+    """A GPU resource, decided per job: a local run on a machine without GPUs does not claim
+    it (a resource that evaluates to None is dropped), a cluster job always does."""
+    return lambda wildcards: None if workflow.local_exec and local_gpu_count() == 0 else value
 
 
 def pretrain_resources() -> dict:
