@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 # Rules call `python -m svt.<step>`: the venv's python must come first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo demo-data test lint bench clean dashboard mlflow-server mlflow-server-stop
+.PHONY: setup demo demo-data test lint bench clean dashboard mlflow-server mlflow-server-stop results
 
 setup:            ## create .venv with pinned dependencies; install ffmpeg if missing
 	bash scripts/setup.sh
@@ -17,8 +17,13 @@ setup:            ## create .venv with pinned dependencies; install ffmpeg if mi
 demo-data: setup  ## generate the seeded synthetic dataset and copy the real clips
 	$(PY) -m svt.demo_data --out $(DEMO_DATA)/ucf101 --real-out $(DEMO_DATA)/real
 
-demo: demo-data   ## run the whole workflow on the demo data (local executor)
+demo: demo-data   ## run the whole workflow on the demo data (local executor), then print the table
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/demo.yaml
+	@$(PY) -m svt.results --results-dir results --experiment demo
+
+EXPERIMENT ?= demo
+results:          ## print the latest table of $(EXPERIMENT) and where its outputs are; runs nothing
+	@$(PY) -m svt.results --results-dir $(RESULTS) --experiment $(EXPERIMENT)
 
 test: setup       ## run the test suite (as root, first installs SLURM and chromium for their tests)
 	@if [ "$$(id -u)" = 0 ]; then bash scripts/slurm-local.sh install; fi

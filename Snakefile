@@ -28,6 +28,7 @@ onstart:
 
 onsuccess:
     end_tracking("FINISHED")
+    finish_run()  # the table and where everything is: the last thing on screen
 
 
 onerror:

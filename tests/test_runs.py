@@ -81,6 +81,17 @@ def test_whole_pipeline_outputs(local_run):
     text = table.read_text()
     assert "| pretrained-demo |" in text and "| random-demo |" in text
     assert "| pretrained-demo |" in printed  # the table is printed at the end of the run
+    # ... at the end (onsuccess), with where everything is; `make results` prints it again
+    assert "Evaluation table (" in printed and "per-rule logs:" in printed
+    latest = json.loads((out / "latest.json").read_text())
+    assert latest["outputs"]["table"] == [str(table.relative_to(wd))]
+    assert {"data", "curate", "pretrain", "evaluate", "logs"} <= {k for k, v in latest["outputs"].items() if v}
+    res = subprocess.run([sys.executable, "-m", "svt.results", "--results-dir", "results", "--experiment", "t"],
+                         cwd=wd, capture_output=True, text=True)
+    assert res.returncode == 0 and text.strip() in res.stdout and "MLflow tracking store" in res.stdout
+    none = subprocess.run([sys.executable, "-m", "svt.results", "--results-dir", "results", "--experiment", "x"],
+                          cwd=wd, capture_output=True, text=True)
+    assert none.returncode == 1 and "no finished run of experiment 'x'" in none.stderr
     (summary,) = out.glob("curate/*/summary.json")
     assert json.loads(summary.read_text())
     assert len(list(out.glob("evaluate/*/demo-*/*.pt"))) == 8  # 2 backbones x 2 splits x 2 views

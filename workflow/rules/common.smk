@@ -469,3 +469,27 @@ def knn_args(wildcards, input) -> str:
         return ""
     return shlex.join(["--knn-train", input.knn_train, "--knn-test", input.knn_test,
                        "--knn-videos-root", str(Path(input.knn_train).parent.parent / "videos")])
+
+
+# ---- where the results are (onsuccess; `make results`) -----------------------------------
+
+
+def run_outputs() -> dict:
+    """The folders of this config's stages and its table, as svt.results lists them."""
+    out = {"data": [data_dir(name) for name in used_datasets()],
+           "curate": [curate_dir()] if config["curate"]["enabled"] else [],
+           "pretrain": pretrain_outputs() and [pretrain_dir()],
+           "evaluate": [f"{RESULTS}/evaluate"],
+           "table": evaluate_outputs(),
+           "logs": [LOGS]}
+    return {k: [p for p in v if Path(p).exists()] for k, v in out.items()}
+
+
+def finish_run() -> None:
+    """onsuccess: record where this invocation's results are (<results>/latest.json) and print
+    the evaluation table with those paths, at the end of the output where people look."""
+    from svt.results import LATEST, describe, write_latest
+
+    files = list(dict.fromkeys(str(f) for f in workflow.configfiles))
+    record = write_latest(Path(RESULTS, LATEST), run_outputs(), tracking_uri(), files)
+    print("\n" + describe(record) + "\n", flush=True)
