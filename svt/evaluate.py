@@ -278,10 +278,14 @@ def autocast_for(device: torch.device):
 
 
 def _progress(total: int, desc: str):
+    """A live bar on the terminal (svt.progress); without one, a line every 30 s in the log."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="video", file=sys.stderr,
-                mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    from svt import progress
+
+    live = progress.bar(total, desc, "video")
+    return live if live is not None else tqdm(total=total, desc=desc, unit="video", file=sys.stderr,
+                                             mininterval=30.0)
 
 
 @torch.no_grad()

@@ -29,9 +29,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import yaml
-from tqdm import tqdm
 
 from svt import checkpoint as ckpt
+from svt import progress
 from svt.loader import VideoDataset, collate_clips
 from svt.loss import (DINOHead, MultiViewModel, SVTLoss, apply_schedules,
                       cancel_last_layer_gradients, clip_gradients, optim_schedules, param_groups,
@@ -409,8 +409,8 @@ def train(args: argparse.Namespace) -> int:
 
     stop = StopFlag()
     limit = min(total, args.max_steps) if args.max_steps else total
-    bar = tqdm(total=limit, initial=step, desc="pretrain", unit="step", disable=not main_rank,
-               file=sys.stderr) if main_rank and sys.stderr.isatty() else None
+    # a live line on the terminal in local runs; the full lines go on to the log (and train.log)
+    bar = progress.bar(limit, "pretrain", "step", initial=step) if main_rank else None
     log_t = time.time()
     preempted = False
     compiling = pc["compile"] == "blocks"
@@ -478,7 +478,7 @@ def train(args: argparse.Namespace) -> int:
                 with open(metrics_csv, "a", newline="") as f:
                     csv.writer(f).writerow([row[k] for k in fields])
                 tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step)
-                if bar is None:
+                if not progress.on_stderr(bar):
                     print(f"step {step}/{limit} epoch {row['epoch']:.2f} loss {loss_value:.4f} "
                           f"lr {row['lr']:.2e} data {row['data_time']:.2f}s step {t_step:.2f}s "
                           f"({time.time() - log_t:.0f}s)", file=sys.stderr, flush=True)
@@ -487,7 +487,8 @@ def train(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.update()
                 if log_now:
-                    bar.set_postfix(loss=f"{loss_value:.4f}")
+                    bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{row['samples_per_s']:.1f}",
+                                    refresh=False)
             end_of_epoch = step % iters == 0
             if stop_vote():
                 watch.check(it, iters)

@@ -361,3 +361,51 @@ def test_config_yaml_has_the_official_training_semantics():
     out = student.backbone(video[0])
     (out * torch.randn_like(out)).sum().backward()  # (a plain sum of a LayerNorm output is 0)
     assert bb.time_embed.grad.shape == (1, 8, 32) and bb.time_embed.grad.abs().sum(-1).gt(0).all()
+
+
+def test_local_run_shows_a_live_progress_line_on_the_terminal(data, tmp_path):
+    """Under Snakemake stderr goes to the rule's log; the job still has the user's terminal.
+    Run with a real pseudo-terminal as controlling terminal and stderr to a file: the terminal
+    gets the live bar (step/total, loss, samples/s, ETA), the log the full step lines."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a 160-column window
+
+    def controlling_terminal():
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("SLURM_JOB_ID", None)
+    log = open(tmp_path / "rule.log", "w")
+    proc = subprocess.Popen(command(data, tmp_path / "out", extra=["--max-steps", "6"]), cwd=REPO,
+                            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                            preexec_fn=controlling_terminal, pass_fds=(slave,))
+    chunks = []
+
+    def read():
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert proc.wait(timeout=300) == 0, (tmp_path / "rule.log").read_text()[-3000:]
+    os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert "pretrain" in terminal and "6/6" in terminal and ("step/s" in terminal or "s/step" in terminal), terminal
+    assert "loss=" in terminal and "samples_s=" in terminal, terminal
+    logged = (tmp_path / "rule.log").read_text()
+    assert "step 6/6 " in logged and "step 1/6 " in logged  # the full lines still go to the log
