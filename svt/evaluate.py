@@ -605,14 +605,21 @@ def write_outputs(results: Mapping, class_names: Sequence[str], out_dir) -> dict
 
 def eval_metrics(metrics: Mapping, prefix: str) -> dict[str, float]:
     """metrics.json -> {"eval/<prefix>/<setting>/<probe>_<top1|top5>": value}: the same keys in
-    the probe's own run, the backbone's run and the workflow's parent run, so runs compare."""
+    the probe's own run, the backbone's run and the workflow's parent run, so runs compare.
+    Values in percent with two decimals, as the table shows them (metrics.json keeps the
+    fractions)."""
     flat = {}
     for s, r in metrics.items():
         for kind, m in r.items():
             for k in ("top1", "top5"):
                 if m.get(k) is not None:
-                    flat[f"eval/{prefix}/{s}/{kind}_{k}"] = m[k]
+                    flat[f"eval/{prefix}/{s}/{kind}_{k}"] = percent(m[k])
     return flat
+
+
+def percent(fraction: float) -> float:
+    """0.05000000074505806 -> 5.0: accuracies in MLflow as in the table."""
+    return round(100.0 * float(fraction), 2)
 
 
 def log_to_mlflow(metrics: Mapping, out_dir, tracking_uri: str | None, run_id: str | None,

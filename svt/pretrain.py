@@ -227,7 +227,7 @@ def knn_monitor(backbone: nn.Module, args: argparse.Namespace, cfg: dict,
                 device: torch.device) -> dict[str, float]:
     """kNN top-1/top-5 of the teacher's CLS features on an evaluation split: a cheap signal of
     whether pretraining learns anything useful (DINO-style monitor)."""
-    from svt.evaluate import extract_features, knn_accuracy
+    from svt.evaluate import extract_features, knn_accuracy, percent
 
     frames, size = cfg["views"]["global_frames"][0], cfg["views"]["global_size"]
     was_training = backbone.training
@@ -241,7 +241,7 @@ def knn_monitor(backbone: nn.Module, args: argparse.Namespace, cfg: dict,
     backbone.train(was_training)
     classes = int(max(train["labels"].max(), test["labels"].max())) + 1
     acc = knn_accuracy(train["features"], train["labels"], test["features"], test["labels"], classes)
-    return {"knn_top1": acc["top1"], "knn_top5": acc["top5"]}
+    return {"knn_top1": percent(acc["top1"]), "knn_top5": percent(acc["top5"])}  # in %
 
 
 def write_curves(metrics_csv: Path, out_png: Path) -> None:
@@ -507,8 +507,8 @@ def train(args: argparse.Namespace) -> int:
                 if main_rank:
                     knn = knn_monitor(teacher.backbone, args, cfg, device)
                     tracker.log_metrics(knn, step)
-                    print(f"step {step}: kNN top-1 {100 * knn['knn_top1']:.1f}% "
-                          f"top-5 {100 * knn['knn_top5']:.1f}%", file=sys.stderr, flush=True)
+                    print(f"step {step}: kNN top-1 {knn['knn_top1']:.1f}% "
+                          f"top-5 {knn['knn_top5']:.1f}%", file=sys.stderr, flush=True)
                 if dist.is_initialized():
                     dist.barrier()
             if step >= limit or end_of_epoch:

@@ -89,9 +89,9 @@ def test_one_parent_run_with_a_child_per_stage(workflow_run, tmp_path):
     (table,) = out.glob("evaluate/*/probe-*/table.md")
     metrics = {kind: json.loads(next(out.glob(f"evaluate/{kind}-*/demo-*/probe-*/metrics.json")).read_text())
                for kind in ("pretrained", "random")}
-    assert parent.data.metrics[HEADLINE] == pytest.approx(metrics["pretrained"]["slow_fast"]["linear"]["top1"])
-    assert parent.data.metrics["eval/random-demo/fast/knn_top1"] == pytest.approx(
-        metrics["random"]["fast"]["knn"]["top1"])
+    assert parent.data.metrics[HEADLINE] == round(100 * metrics["pretrained"]["slow_fast"]["linear"]["top1"], 2)
+    assert parent.data.metrics["eval/random-demo/fast/knn_top1"] == round(
+        100 * metrics["random"]["fast"]["knn"]["top1"], 2)
     assert [a.path for a in client.list_artifacts(pid, "eval")] == ["eval/table.md"]
     probe = children["probe/pretrained-demo"]
     assert probe.data.metrics[HEADLINE] == parent.data.metrics[HEADLINE]
@@ -123,6 +123,10 @@ def test_one_parent_run_with_a_child_per_stage(workflow_run, tmp_path):
         a.path for a in client.list_artifacts(pre.info.run_id)}
     assert not client.list_artifacts(pre.info.run_id, "checkpoints")  # tracking.log_checkpoints: false
     assert probe.data.tags["svt.backbone_run_id"] == pre.info.run_id
+    # the random baseline has its own run; none of its metrics are filed under the pretraining
+    rnd = children["probe/random-demo"]
+    assert "svt.backbone_run_id" not in rnd.data.tags and "eval/random-demo/slow/knn_top1" in rnd.data.metrics
+    assert not any(k.startswith("eval/random") for k in pre.data.metrics)
 
     # planning and up-to-date reruns record nothing
     dry = snakemake(work, "--configfile", str(cfg_path), "--forcerun", "eval_table", "-n")

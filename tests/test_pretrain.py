@@ -273,7 +273,8 @@ def test_knn_monitor_logs_accuracy_at_epoch_ends(data, tmp_path):
     from mlflow.tracking import MlflowClient
     run_id = json.loads((tmp_path / "run.json").read_text())["mlflow_run_id"]
     history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(run_id, "knn_top1")
-    assert [m.step for m in history] == [4, 8] and all(0 <= m.value <= 1 for m in history)
+    assert [m.step for m in history] == [4, 8] and all(0 <= m.value <= 100 for m in history)
+    assert all(round(m.value, 2) == m.value for m in history)  # percent, two decimals
 
 
 def test_checkpoint_of_other_data_is_set_aside_not_resumed(data, tmp_path):

@@ -77,7 +77,9 @@ rule probe:
     input:
         unpack(probe_features),
         classes=lambda wc: f"{data_dir(wc.dataset)}/classes.txt",
-        run=lambda wc: rules.pretrain.output.run if not config["evaluate"]["backbone"] else [],
+        # only the pretrained backbone's probe reports to the pretraining run; the random
+        # baseline's has its own run and never files its metrics under the pretraining
+        run=lambda wc: rules.pretrain.output.run if wc.kind == "pretrained" else [],
     output:
         metrics=f"{EVAL_DATA}/probe-{{phash}}/metrics.json",
         confusion=report(f"{EVAL_DATA}/probe-{{phash}}/confusion_slow_fast.png",
