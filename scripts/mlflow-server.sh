@@ -37,7 +37,22 @@ running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
 case "${1:-}" in
   ui)
-    echo "MLflow dashboard on $store: http://$HOST:$PORT (Ctrl-C stops it)"
+    # MLflow 3.17's UI opens in its GenAI view (a browser-local setting, whatever the
+    # experiment's kind); its workflowType URL parameter opens "Model training" instead, on
+    # the runs table of the experiment that ran last.
+    page="#/?workflowType=machine_learning"
+    if [ -f "$results/mlflow.db" ]; then
+      page=$("$PY" - "$store" 2>/dev/null <<'PYEOF' || echo "$page"
+import sys
+from mlflow.tracking import MlflowClient
+exps = [e for e in MlflowClient(sys.argv[1]).search_experiments() if e.name != "Default"]
+last = max(exps, key=lambda e: e.last_update_time or 0, default=None)
+print(f"#/experiments/{last.experiment_id}/runs?workflowType=machine_learning" if last
+      else "#/?workflowType=machine_learning")
+PYEOF
+)
+    fi
+    echo "MLflow dashboard on $store: http://$HOST:$PORT/$page (Ctrl-C stops it)"
     exec "${MLFLOW[@]}" ui "${args[@]}"
     ;;
   start)

@@ -230,6 +230,12 @@ def test_dashboard_shows_the_parent_its_children_and_a_metric(workflow_run):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        # the link `make dashboard` prints lands on this experiment's runs, in "Model training"
+        link = re.search(r"(http://127\.0\.0\.1:\d+/\S+)", server.stdout.readline()).group(1)
+        assert link == f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning", link
+        landing = page(link, ARTIFACTS / "mlflow-landing.png")  # stage runs folded under it
+        assert "Model training" in landing and f"{len(all_runs)} matching runs" in landing, landing[:3000]
+        assert parent.info.run_name[:16] in landing, landing[:3000]
         # the experiment's run list, sorted by the headline metric: parent and children flat
         order = urllib.parse.quote(f"metrics.`{HEADLINE}`")
         listing = page(f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
