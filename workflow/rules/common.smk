@@ -492,4 +492,4 @@ def finish_run() -> None:
 
     files = list(dict.fromkeys(str(f) for f in workflow.configfiles))
     record = write_latest(Path(RESULTS, LATEST), run_outputs(), tracking_uri(), files)
-    print("\n" + describe(record) + "\n", flush=True)
+    print(f"\n{describe(record)}\n", flush=True)
