@@ -117,6 +117,7 @@ class NonFiniteWatch:
         self.step = torch.full((), -1, dtype=torch.int64, device=device)
         self.value = torch.zeros((), dtype=torch.float32, device=device)
         self.last_good = last_good
+        self.checked_at = -1  # a log step that also saves checks once
 
     def update(self, loss: torch.Tensor, it: int) -> None:
         loss = loss.detach().float()
@@ -125,6 +126,9 @@ class NonFiniteWatch:
         self.value = torch.where(new, loss, self.value)
 
     def check(self, it: int, iters: int) -> None:
+        if self.checked_at == it:
+            return
+        self.checked_at = it
         bad = (self.step >= 0).float().reshape(1)
         if dist.is_initialized():
             dist.all_reduce(bad)
@@ -438,8 +442,8 @@ def train(args: argparse.Namespace) -> int:
             with autocast():
                 teacher_out = teacher(views[:n_global])
                 student_out = ddp_student(views)
-                stats_now = (step + 1) % pc["log_every"] == 0 or step + 1 == limit
-                loss, stats = loss_fn(student_out, teacher_out, it / iters, with_stats=stats_now)
+                log_now = (it + 1) % pc["log_every"] == 0 or it + 1 == limit  # this step logs
+                loss, stats = loss_fn(student_out, teacher_out, it / iters, with_stats=log_now)
             watch.update(loss, it)  # no host sync: read where it matters (logs, saves)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -459,7 +463,6 @@ def train(args: argparse.Namespace) -> int:
                     print(f"pretrain: compile {'failed, running eager' if eager else 'blocks'}: "
                           f"{secs:.1f} s in the first step", file=sys.stderr, flush=True)
                     tracker.log_metrics({"compile_s": secs}, step)
-            log_now = step % pc["log_every"] == 0 or step == limit
             if log_now:
                 watch.check(it, iters)
                 loss_value = all_sum([loss.item()], device)[0] / world  # the one sync per log

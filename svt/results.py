@@ -13,14 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-from svt.checkpoint import write_text_atomic
-
 LATEST = "latest.json"
 
 
 def write_latest(path: Path, outputs: dict[str, list[str] | str], tracking_uri: str,
                  config_files: list[str]) -> dict:
     """Record the outputs of a finished invocation (atomically: a reader never sees half)."""
+    from svt.checkpoint import write_text_atomic  # torch: not needed to print the record
+
     record = {"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "config_files": config_files,
               "tracking_uri": tracking_uri, "outputs": outputs}
     write_text_atomic(path, json.dumps(record, indent=2) + "\n")

@@ -134,10 +134,12 @@ def safe_name(name: str) -> str:
     text = re.sub(r"_+", "_", text)
     parts = [p.strip("_") for p in text.split("/")]
     text = "/".join(p for p in parts if p not in ("", ".", "..")) or "_"
-    if len(text) > MAX_NAME:
-        digest = hashlib.sha256(str(name).encode()).hexdigest()[:10]
-        text = f"{text[:MAX_NAME - 11]}_{digest}"
-    return text
+    return text if len(text) <= MAX_NAME else _with_digest(text, name)
+
+
+def _with_digest(text: str, name) -> str:
+    """``text`` cut to leave room for ``_`` and a 10-hex hash of the original ``name``."""
+    return f"{text[:MAX_NAME - 11]}_{hashlib.sha256(str(name).encode()).hexdigest()[:10]}"
 
 
 def safe_names(names) -> dict[str, str]:
@@ -147,7 +149,7 @@ def safe_names(names) -> dict[str, str]:
     for name in names:
         safe = safe_name(name)
         if safe in used:
-            safe = safe_name(f"{safe[:MAX_NAME - 11]}_{hashlib.sha256(str(name).encode()).hexdigest()[:10]}")
+            safe = _with_digest(safe, name)
         used.add(safe)
         out[name] = safe
     return out
@@ -198,11 +200,10 @@ class Tracker:
         except Exception:  # created meanwhile by another process
             return self.client.get_experiment_by_name(name).experiment_id
 
-    def _call(self, fn: Callable, *args, on_refuse: list | None = None, quiet: bool = False,
-              **kwargs):
+    def _call(self, fn: Callable, *args, on_refuse: list | None = None, **kwargs):
         """Run one client call with retries; on final failure warn, disable tracking, go on.
         A refusal (the store answered "no") is not retried; its message is appended to
-        ``on_refuse`` when given."""
+        ``on_refuse`` when given (the caller reports it), else warned."""
         if not self.enabled:
             return None
         for attempt in range(self.retries + 1):
@@ -212,7 +213,7 @@ class Tracker:
                 if _rejected(err):  # the store answered "no": retrying will not help
                     if on_refuse is not None:
                         on_refuse.append(str(err).splitlines()[0][:300] if str(err) else type(err).__name__)
-                    if not quiet and on_refuse is None:
+                    else:
                         log.warning("MLflow refused %s: %s", getattr(fn, "__name__", fn), err)
                     return None
                 if attempt == self.retries:
@@ -253,7 +254,7 @@ class Tracker:
         bad = []
         for item in items:
             one: list[str] = []
-            self._call(self.client.log_batch, self.run_id, **{kind: [item]}, on_refuse=one, quiet=True)
+            self._call(self.client.log_batch, self.run_id, **{kind: [item]}, on_refuse=one)
             if one:
                 bad.append(f"{item.key!r} ({one[0]})")
         if bad:
