@@ -605,7 +605,7 @@ def write_outputs(results: Mapping, class_names: Sequence[str], out_dir) -> dict
 
 def eval_metrics(metrics: Mapping, prefix: str) -> dict[str, float]:
     """metrics.json -> {"eval/<prefix>/<setting>/<probe>_<top1|top5>": value}: the same keys in
-    the probe's own run, the backbone's run and the workflow's parent run, so runs compare.
+    the probe's own run and the workflow's parent run, so runs compare.
     Values in percent with two decimals, as the table shows them (metrics.json keeps the
     fractions)."""
     flat = {}
@@ -622,24 +622,20 @@ def percent(fraction: float) -> float:
     return round(100.0 * float(fraction), 2)
 
 
-def log_to_mlflow(metrics: Mapping, out_dir, tracking_uri: str | None, run_id: str | None,
-                  experiment: str = "svt", prefix: str = "pretrained",
-                  tags: Mapping[str, str] | None = None) -> bool:
+def log_to_mlflow(metrics: Mapping, out_dir, tracking_uri: str | None, experiment: str = "svt",
+                  prefix: str = "pretrained", tags: Mapping[str, str] | None = None) -> bool:
     """Metrics as ``eval/<prefix>/<setting>/<probe>_<top1|top5>`` plus metrics.json and the
-    plots (artifacts under ``eval/<prefix>/``) into the existing run ``run_id`` when given, or
-    into a new run (``probe/<prefix>``, a child of the workflow's run when there is one, tagged
-    with ``tags``) when ``run_id`` is None. Never raises for tracking trouble
-    (svt.tracking.Tracker). Returns whether anything was attempted."""
+    plots (artifacts under ``eval/<prefix>/``) into a run of the evaluation's own
+    (``probe/<prefix>``, a child of the workflow's run when there is one, tagged with ``tags``).
+    Never raises for tracking trouble (svt.tracking.Tracker). Returns whether anything was
+    attempted."""
     if not tracking_uri:
         return False
     from svt.tracking import Tracker
 
     try:
-        if run_id:
-            tracker = Tracker(tracking_uri, experiment, run_id=run_id)
-        else:
-            tracker = Tracker(tracking_uri, experiment, run_name=f"probe/{prefix}",
-                              tags={"svt.stage": "evaluate", **(tags or {})})
+        tracker = Tracker(tracking_uri, experiment, run_name=f"probe/{prefix}",
+                          tags={"svt.stage": "evaluate", **(tags or {})})
     except Exception as err:  # a broken store must not fail the evaluation
         print(f"[probe] MLflow unavailable ({err}); not logged", file=sys.stderr)
         return False

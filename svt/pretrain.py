@@ -275,6 +275,25 @@ def write_curves(metrics_csv: Path, out_png: Path) -> None:
     plt.close(fig)
 
 
+# MLflow files these under a "train" section, charts in name order, before the unprefixed
+# diagnostics (its run page lists prefixed sections first): loss and lr are the first charts.
+TRAIN_CURVES = ("loss", "lr", "momentum", "teacher_entropy", "teacher_temp", "wd")
+
+
+def mlflow_curves(row: dict, loss_cfg: dict) -> dict[str, float]:
+    """A metrics.csv row -> MLflow metric names: ``train/<curve>`` for the training curves,
+    the rest (epoch, grad_norm, timings) as they are. A teacher temperature without warm-up is
+    a constant (a parameter already), not a curve."""
+    constant_temp = (loss_cfg["warmup_teacher_temp_epochs"] == 0
+                     or loss_cfg["warmup_teacher_temp"] == loss_cfg["teacher_temp"])
+    out = {}
+    for k, v in row.items():
+        if k == "step" or (k == "teacher_temp" and constant_temp):
+            continue
+        out[f"train/{k}" if k in TRAIN_CURVES else k] = v
+    return out
+
+
 def train(args: argparse.Namespace) -> int:
     cfg = json.loads(args.config_json)
     # runtime keys: explicit arguments win over a "pretrain" section in the JSON
@@ -480,7 +499,7 @@ def train(args: argparse.Namespace) -> int:
                        "samples_per_s": bs * world / max(t_step, 1e-9)}
                 with open(metrics_csv, "a", newline="") as f:
                     csv.writer(f).writerow([row[k] for k in fields])
-                tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step)
+                tracker.log_metrics(mlflow_curves(row, cfg["loss"]), step)
                 if not progress.on_stderr(bar):
                     print(f"step {step}/{limit} epoch {row['epoch']:.2f} loss {loss_value:.4f} "
                           f"lr {row['lr']:.2e} data {row['data_time']:.2f}s step {t_step:.2f}s "

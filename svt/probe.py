@@ -11,8 +11,9 @@ init, SGD momentum, lr x batch/256, cosine, cross-entropy) and a weighted kNN
 (L2-normalised, exp(sim / T) votes of the k nearest). Writes ``metrics.json``,
 ``confusion_<setting>.png`` and ``results.md``, prints the table and, with ``--tracking-uri``,
 logs all of it under ``eval/<prefix>/`` to a run of its own (``probe/<prefix>``, a child of the
-workflow's parent run when there is one, tagged with the backbone's run) and to the backbone's
-pretraining run (``--run-id``, else the one recorded with the backbone) when there is one.
+workflow's parent run when there is one). That run is tagged ``svt.backbone_run_id`` with the
+backbone's pretraining run (``--run-id``, else the one recorded with the backbone), which itself
+gets no evaluation metrics: its charts stay its training curves.
 
 Online (the paper protocol: heads trained on freshly augmented views through the frozen
 backbone; slow, so not the default)::
@@ -120,10 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--experiment", default="svt")
     tr.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                     help="tag of the probe's own MLflow run; repeat")
-    tr.add_argument("--run-id", default=None, help="existing run to log into (default: the "
-                    "backbone's pretraining run, when recorded)")
+    tr.add_argument("--run-id", default=None, help="the backbone's pretraining run, tagged on the "
+                    "probe's run (default: the one recorded with the backbone); with --table: "
+                    "the run that gets the table")
     tr.add_argument("--run-json", type=Path, default=None,
-                    help="run.json written by svt.pretrain: log into the run it names")
+                    help="run.json written by svt.pretrain: the pretraining run it names")
     tr.add_argument("--prefix", default="pretrained", help="metric prefix, e.g. random | pretrained")
     tb = ap.add_argument_group("comparison table (--table)")
     tb.add_argument("--table", action="append", metavar="ROW=metrics.json",
@@ -161,9 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     tags = tracking.parse_tags(a.tag)
     if run_id:
         tags["svt.backbone_run_id"] = run_id
-    ev.log_to_mlflow(metrics, a.out_dir, a.tracking_uri, None, a.experiment, a.prefix, tags)
-    if run_id:  # the pretraining run collects the evaluations of its backbone
-        ev.log_to_mlflow(metrics, a.out_dir, a.tracking_uri, run_id, a.experiment, a.prefix)
+    ev.log_to_mlflow(metrics, a.out_dir, a.tracking_uri, a.experiment, a.prefix, tags)
     return 0
 
 

@@ -114,7 +114,7 @@ def test_one_parent_run_with_a_child_per_stage(workflow_run, tmp_path):
     pre_dir = next(out.glob("pretrain/demo-*"))
     assert pre.info.run_id == json.loads((pre_dir / "run.json").read_text())["mlflow_run_id"]
     steps = len((pre_dir / "metrics.csv").read_text().splitlines()) - 1
-    assert [m.step for m in client.get_metric_history(pre.info.run_id, "loss")] == list(range(1, steps + 1))
+    assert [m.step for m in client.get_metric_history(pre.info.run_id, "train/loss")] == list(range(1, steps + 1))
     assert any(k.startswith("system/") for k in pre.data.metrics)
     backbone = pre_dir / "teacher_backbone.pth"
     assert pre.data.tags["svt.teacher_backbone"] == str(backbone.resolve())
@@ -255,5 +255,14 @@ def test_dashboard_shows_the_parent_its_children_and_a_metric(workflow_run):
         children = overview[overview.index("Child runs"):]
         for name in STAGES:
             assert name in children[:500], (name, children[:500])
+        # the pretraining run's charts: its training curves first, loss then learning rate
+        charts = page(f"{base}/#/experiments/{exp_id}/runs/{pre.info.run_id}/model-metrics"
+                      "?workflowType=machine_learning", ARTIFACTS / "mlflow-pretrain-run.png",
+                      size="1600,1400")
+        charts = charts[charts.index("Auto-refresh"):]
+        assert re.match(r"Auto-refresh train \(\d+\) ", charts), charts[:500]  # first section
+        drawn = re.findall(r"pretrain \(([\w/.-]+)\)", charts)  # chart legends, in page order
+        assert drawn[:2] == ["train/loss", "train/lr"], charts[:1500]
+        assert not any(name.startswith("eval/") for name in drawn), drawn
     finally:
         stop_group(server, signal.SIGTERM)  # make and the mlflow processes it started

@@ -418,7 +418,7 @@ def test_probe_concat_combine_and_mismatched_inputs(tmp_path, capsys):
     assert "same geometries" in capsys.readouterr().err
 
 
-def test_probe_logs_into_an_existing_mlflow_run(tmp_path):
+def test_probe_logs_into_its_own_run_tagged_with_the_backbone_run(tmp_path):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -427,22 +427,29 @@ def test_probe_logs_into_an_existing_mlflow_run(tmp_path):
     run = client.create_run(exp, run_name="pretrain")
     client.set_terminated(run.info.run_id)
     files, classes = _feature_files(tmp_path, run_id=run.info.run_id)
-    # explicit run id for the baseline; the recorded one (from the backbone) for pretrained
+    # explicit run id for one, the recorded one (from the backbone) for the other
     assert probe.main(_probe_args(files, classes, tmp_path / "r", "--tracking-uri", uri,
-                                  "--run-id", run.info.run_id, "--prefix", "random")) == 0
+                                  "--experiment", "svt-test", "--run-id", run.info.run_id,
+                                  "--prefix", "random")) == 0
     assert probe.main(_probe_args(files, classes, tmp_path / "p", "--tracking-uri", uri,
-                                  "--prefix", "pretrained")) == 0
-    got = client.get_run(run.info.run_id)
-    metrics = got.data.metrics
+                                  "--experiment", "svt-test", "--prefix", "pretrained")) == 0
+    # the pretraining run gets no evaluation: its charts stay its training curves
+    assert client.get_run(run.info.run_id).data.metrics == {}
+    assert not client.list_artifacts(run.info.run_id)
     want = json.loads((tmp_path / "p" / "metrics.json").read_text())
-    assert metrics["eval/pretrained/slow_fast/linear_top1"] == \
-        round(100 * want["slow_fast"]["linear"]["top1"], 2)  # percent, as the table
-    assert metrics["eval/random/slow/knn_top5"] == round(100 * want["slow"]["knn"]["top5"], 2)
-    assert got.info.status == "FINISHED"
-    for prefix in ("random", "pretrained"):
-        names = {f.path for f in client.list_artifacts(run.info.run_id, f"eval/{prefix}")}
+    probes = {r.info.run_name: r for r in client.search_runs([exp]) if r.info.run_id != run.info.run_id}
+    assert set(probes) == {"probe/random", "probe/pretrained"}
+    for prefix, got in probes.items():
+        prefix = prefix.split("/")[1]
+        assert got.info.status == "FINISHED"
+        assert got.data.tags["svt.backbone_run_id"] == run.info.run_id
+        assert got.data.tags["svt.stage"] == "evaluate"
+        assert got.data.metrics[f"eval/{prefix}/slow_fast/linear_top1"] == \
+            round(100 * want["slow_fast"]["linear"]["top1"], 2)  # percent, as the table
+        assert got.data.metrics[f"eval/{prefix}/slow/knn_top5"] == round(100 * want["slow"]["knn"]["top5"], 2)
+        names = {f.path for f in client.list_artifacts(got.info.run_id, f"eval/{prefix}")}
         assert {f"eval/{prefix}/metrics.json", f"eval/{prefix}/confusion_slow_fast.png"} <= names
-    # a run that does not exist: warned about, the evaluation still succeeds
+    # a backbone run that does not exist is only a tag: the evaluation still succeeds
     assert probe.main(_probe_args(files, classes, tmp_path / "q", "--tracking-uri", uri,
                                   "--run-id", "0" * 32)) == 0
     assert (tmp_path / "q" / "metrics.json").exists()

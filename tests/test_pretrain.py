@@ -98,7 +98,7 @@ def test_trains_exports_and_logs(data, tmp_path):
     run_ = client.get_run(run_id)
     assert run_.info.status == "FINISHED"
     assert run_.data.params["optim.lr"] == "0.0005"
-    assert len(client.get_metric_history(run_id, "loss")) == 12
+    assert len(client.get_metric_history(run_id, "train/loss")) == 12
     for key in ("lr", "wd", "momentum", "teacher_temp", "teacher_entropy", "grad_norm",
                 "data_time", "step_time", "samples_per_s"):
         assert key in run_.data.metrics
@@ -168,7 +168,7 @@ def test_resumed_job_continues_its_run_under_a_new_workflow_run(data, tmp_path):
     assert tags["mlflow.parentRunId"] == "a" * 32 and tags["svt.resumed_by_parent"] == "b" * 32
     assert tags["svt.resumed_at_step"] == "4" and tags["svt.slurm_job_id"] == "4242"
     assert run_.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(run_.info.run_id, "loss")] == list(range(1, 9))
+    assert [m.step for m in client.get_metric_history(run_.info.run_id, "train/loss")] == list(range(1, 9))
     assert "system/cpu_utilization_percentage" in run_.data.metrics
     assert tags["svt.teacher_backbone_sha256"] == hashlib.sha256(
         (tmp_path / "teacher_backbone.pth").read_bytes()).hexdigest()
