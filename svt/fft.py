@@ -140,12 +140,12 @@ class _NumpyOps:
         return np.roll(x[..., ::-1], 1, axis=-1)
 
     @staticmethod
-    def movelast(x, ax):
-        return np.moveaxis(x, ax, -1)
+    def movelast(x, ax):  # np.moveaxis costs microseconds even when there is nothing to move
+        return x if ax == x.ndim - 1 else np.moveaxis(x, ax, -1)
 
     @staticmethod
     def moveback(x, ax):
-        return np.moveaxis(x, -1, ax)
+        return x if ax == x.ndim - 1 else np.moveaxis(x, -1, ax)
 
     @staticmethod
     def concat(xs):
@@ -373,6 +373,62 @@ def _transform_len(n, m, s, e) -> int:
     return max(n, m, e, n + m - 1 - s)
 
 
+@lru_cache(maxsize=4096)
+def _cyclic_len(n: int, real: bool) -> int:
+    """Transform length for a cyclic operation of length n: n itself, or a fast length
+    L >= 2n - 1 at which the linear result comes out whole and is folded back onto n
+    (:func:`_fold`), whichever costs less.
+
+    Both ways take three transforms. One of fast length N costs ~N log2 N; at n, each
+    radix 2..5 level costs about as much per sample, but any other prime factor p runs a
+    generic O(p)-per-sample pass (or pocketfft's Bluestein, two transforms of >= 2n).
+    Measured with numpy 2.x (real and complex alike), such a pass costs about p / c
+    levels with c ~ 4 at n ~ 300 growing to ~12 at n ~ 10^6 (the radix passes get memory
+    bound, the generic one stays compute bound): 7 * 2^k or 61 * 2^k stay direct (2-3x
+    faster than folding at n ~ 10^5), a large prime n folds (5-8x faster than direct,
+    bench/fft.py [3]). Near the crossover (p of ~60 at n ~ 300, ~400 at n ~ 10^6) both
+    cost about the same. torch tensors get the same choice (not calibrated for cuFFT).
+    """
+    if next_fast_len(n, real) == n:
+        return n
+    L = next_fast_len(2 * n - 1, real)
+    c = max(3.5, 0.75 * math.log2(n) - 2.5)
+    budget = L * math.log2(L) / n  # levels per sample at n that cost as much as folding
+
+    def levels_of(p):  # a radix pass (log2 p levels) or a generic one (p / c), the dearer
+        return max(math.log2(p), p / c)
+
+    levels, rest, p = 0.0, n, 2
+    while rest > 1:
+        if p * p > rest:
+            p = rest  # what is left is prime
+        elif levels + levels_of(p) > budget:
+            return L  # every factor left is >= p: direct already dearer
+        while rest % p == 0:
+            rest //= p
+            levels += levels_of(p)
+        p += 1 if p == 2 else 2
+    return n if levels <= budget else L
+
+
+def _fold(ops, r, n, corr):
+    """Wrap a linear result r (..., N), N >= 2n - 1, onto the cyclic one of length n.
+
+    Convolution: r holds the linear outputs 0 .. 2n - 2 from index 0, and
+    c[k] = r[k] + r[k + n]. Correlation (X conj(Y)): lags 0 .. n - 1 sit at the start of
+    r, lags -(n - 1) .. -1 at its end (index N - d for lag -d), and c[k] = lag k + lag
+    k - n = r[k] + r[N - n + k] for k >= 1 (c[0] has no lag -n).
+    """
+    N = r.shape[-1]
+    head = r[..., :n]
+    tail, lo = (r[..., N - n + 1:], 1) if corr else (r[..., n:2 * n - 1], 0)
+    if ops.torch:  # out of place: keeps autograd working
+        return ops.concat([head[..., :lo], head[..., lo:lo + n - 1] + tail, head[..., lo + n - 1:]])
+    c = head.copy()  # contiguous, and does not keep the length-N buffer alive
+    c[..., lo:lo + n - 1] += tail
+    return c
+
+
 # --------------------------------------------------------------------------------------
 # floating-point path
 # --------------------------------------------------------------------------------------
@@ -424,14 +480,20 @@ def _float_linear(ops, a, b, s, e, corr, shared):
     return ops.astype(r, out_dtype)
 
 
-def _float_cyclic(ops, a, b, corr, shared):
+def _float_cyclic(ops, a, b, N, corr, shared):
+    """Cyclic convolution (correlation when ``corr``) at length n = a.shape[-1], with
+    transforms of length N: n itself, or N >= 2n - 1 and the linear result folded."""
     compute, out_dtype, cplx = _float_dtypes(ops, a, b)
     a, b = ops.astype(a, compute), ops.astype(b, compute)
-    N = a.shape[-1]
+    n = a.shape[-1]
     fwd, inv = (ops.fft, ops.ifft) if cplx else (ops.rfft, ops.irfft)
     X = fwd(a, N)
     Y = X if shared else fwd(b, N)
-    r = inv(ops.mul(X, ops.conj(Y) if corr else Y), N)
+    X = ops.mul(X, ops.conj(Y) if corr else Y)
+    del Y  # b's spectrum freed before the inverse allocates: its memory gets reused
+    r = inv(X, N)
+    if N != n:
+        r = _fold(ops, r, n, corr)
     return ops.astype(r, out_dtype)
 
 
@@ -576,22 +638,27 @@ def _prior_norms(amax, k, L, n):
     return [(1 << (k - 1)) * r] * (L - 1) + [((amax >> (k * (L - 1))) + 2) * r]
 
 
-def _exact_conv(func, ops, a, b, N, s, e, batch, allow_object, shared):
+def _exact_conv(func, ops, a, b, N, s, e, batch, allow_object, shared, fold=None):
     """Exact integer cyclic convolution of zero-padded a, b at length N, outputs [s, e).
 
     a (*ba, n) and b (*bb, m), integer typed, axis last, batch dims broadcastable.
+    ``fold``: the cyclic length n = m onto which the linear outputs [0, 2n - 1) (s = 0,
+    e = 2n - 1) are folded, output length n; each limb product is rounded (certified per
+    linear output) and folded in int64 before recombining. The group bounds still hold:
+    a cyclic output is an inner product of a limb with a permuted limb (Cauchy-Schwarz).
     Returns int64 (numpy or torch) or, for results beyond int64, a numpy object array.
     """
     if ops.torch and "torch.uint64" in (str(a.dtype), str(b.dtype)):
         # torch has few kernels for uint64: compute on the host with numpy
         dev = a.device
-        res = _exact_conv(func, _NumpyOps, a.cpu().numpy(), b.cpu().numpy(), N, s, e, batch, True, shared)
+        res = _exact_conv(func, _NumpyOps, a.cpu().numpy(), b.cpu().numpy(), N, s, e, batch, True, shared,
+                          fold)
         if res.dtype == object:
             raise OverflowError(f"{func}: the exact result exceeds int64, which torch cannot hold; "
                                 "use numpy arrays to get Python ints")
         import torch
         return torch.from_numpy(res).to(dev)
-    out_shape = tuple(batch) + (e - s,)
+    out_shape = tuple(batch) + (e - s if fold is None else fold,)
     wa = _int_working(ops, a)
     wb = wa if shared else _int_working(ops, b)
     alo, ahi = ops.minmax(wa)
@@ -644,6 +711,8 @@ def _exact_conv(func, ops, a, b, N, s, e, batch, allow_object, shared):
         del tmp
     del Af, Bf
     C = ops.round_to_int64(ops.irfft(P, N)[..., s:e])
+    if fold is not None:  # |C_g| < 2^53 here: the int64 sums cannot overflow
+        C = _fold(ops, C, fold, False)
     if G == 1:
         return C[0]
     # recombine sum_g C_g 2^(k g); int64 arithmetic when a bound proves it cannot overflow
@@ -828,23 +897,31 @@ def _cyclic(func, a, b, axis, exact, allow_object, corr):
     if n == 0 or math.prod(batch) == 0:
         dtype = _int_dtype(ops) if use_exact else _float_dtypes(ops, a, b)[1]
         return ops.moveback(ops.zeros(tuple(batch) + (n,), dtype, a), ax)
+    # at a length n with a large prime factor the transform at n is slow (generic passes,
+    # Bluestein): the linear result at a fast length, folded, is then cheaper
     if use_exact:
         if corr:
             b, same_input = ops.cyclic_reverse(b), False
-        res = _in_chunks(ops, a, b, batch, n, n, same_input, lambda x, y, bt, sh: _exact_conv(
-            func, ops, x, y, n, 0, n, bt, allow_object, sh))
+        N = _cyclic_len(n, True)
+        fold, e = (None, n) if N == n else (n, 2 * n - 1)
+        res = _in_chunks(ops, a, b, batch, N, n, same_input, lambda x, y, bt, sh: _exact_conv(
+            func, ops, x, y, N, 0, e, bt, allow_object, sh, fold))
     else:
-        res = _in_chunks(ops, a, b, batch, n, n, same_input,
-                         lambda x, y, bt, sh: _float_cyclic(ops, x, y, corr, sh))
+        N = _cyclic_len(n, not _float_dtypes(ops, a, b)[2])
+        res = _in_chunks(ops, a, b, batch, N, n, same_input,
+                         lambda x, y, bt, sh: _float_cyclic(ops, x, y, N, corr, sh))
     return ops.moveback(res, ax)
 
 
 def cyclic_convolve(a, b, axis: int = -1, *, exact: bool | None = None, allow_object: bool = True):
     """Cyclic (circular) convolution ``c[k] = sum_j a[j] b[(k - j) mod N]`` of two inputs
-    of equal length N along ``axis``: the product of their length-N DFTs, no padding.
+    of equal length N along ``axis``: the product of their length-N DFTs.
 
     Differs from the linear convolution whenever n + m - 1 > N: the tail wraps onto the
-    head. Integer inputs are exact unless ``exact=False``.
+    head. Integer inputs are exact unless ``exact=False``. When N has a large prime factor
+    (a prime N, say), a transform at N is several times slower than one at a fast length;
+    the linear convolution is then computed at a fast length >= 2N - 1 and folded,
+    ``c[k] = lin[k] + lin[k + N]`` (same result, same dtypes and exactness).
     """
     return _cyclic("cyclic_convolve", a, b, axis, exact, allow_object, corr=False)
 
@@ -852,7 +929,8 @@ def cyclic_convolve(a, b, axis: int = -1, *, exact: bool | None = None, allow_ob
 def cyclic_correlate(a, b, axis: int = -1, *, exact: bool | None = None, allow_object: bool = True):
     """Cyclic cross-correlation ``c[k] = sum_j a[(j + k) mod N] conj(b[j])``, k = 0..N-1,
     of two inputs of equal length N: ``c[s]`` is the inner product of ``a`` with
-    ``np.roll(b, s)`` (conjugated)."""
+    ``np.roll(b, s)`` (conjugated). Computed like :func:`cyclic_convolve` (folded from the
+    linear correlation when N has a large prime factor)."""
     return _cyclic("cyclic_correlate", a, b, axis, exact, allow_object, corr=True)
 
 

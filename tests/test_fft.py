@@ -406,6 +406,165 @@ def test_length_one_and_axis_batching():
 
 
 # --------------------------------------------------------------------------------------
+# cyclic at lengths that are not fast: linear at a fast length, folded
+# --------------------------------------------------------------------------------------
+
+def np_cyclic_direct(a, b, corr, axis=-1):
+    """O(n^2) numpy reference straight from the definitions, one output index at a time:
+    convolution c[k] = sum_j a[j] b[(k - j) mod n], correlation c[k] = sum_j a[(j + k) mod n]
+    conj(b[j]). Integer inputs stay int64 (exact while every |output| < 2^63)."""
+    a, b = np.moveaxis(np.asarray(a), axis, -1), np.moveaxis(np.asarray(b), axis, -1)
+    n = a.shape[-1]
+    j = np.arange(n)
+    cols = [np.sum(a[..., (j + k) % n] * np.conj(b), axis=-1) if corr else
+            np.sum(a * b[..., (k - j) % n], axis=-1) for k in range(n)]
+    return np.moveaxis(np.stack(cols, axis=-1), -1, axis)
+
+
+def _direct_transform_only(monkeypatch):
+    """Make cyclic_* transform at n itself, as before folding existed."""
+    monkeypatch.setattr(F, "_cyclic_len", lambda n, real: n)
+
+
+def _fold_always(monkeypatch):
+    """Make cyclic_* fold at every length (the smallest fast length >= 2n - 1)."""
+    monkeypatch.setattr(F, "_cyclic_len", lambda n, real: F.next_fast_len(2 * n - 1, real))
+
+
+def _cyclic_inputs(rng, kind, shape_a, shape_b):
+    if kind == "int":  # |x| < 2^26: sums of n products below 2^52 reach past float64's 2^53
+        return (rng.integers(-(2 ** 26), 2 ** 26, shape_a), rng.integers(-(2 ** 26), 2 ** 26, shape_b))
+    dtype = {"real": np.float64, "complex": np.complex128, "float32": np.float32}[kind]
+    return random_array(rng, shape_a, dtype), random_array(rng, shape_b, dtype)
+
+
+def test_cyclic_length_choice():
+    for n in (97, 1009, 100_003, 389 * 32):  # a large prime factor: fold
+        assert F._cyclic_len(n, True) == F.next_fast_len(2 * n - 1)
+        assert F._cyclic_len(n, False) == F.next_fast_len(2 * n - 1, real=False)
+    for n in (1, 2, 360, 1000, 1024, 2 ** 17, 3 ** 5 * 5 ** 3):  # already fast: stay at n
+        assert F._cyclic_len(n, True) == n and F._cyclic_len(n, False) == n
+    assert F._cyclic_len(7 * 11, False) == 7 * 11  # 11-smooth is fast for complex transforms
+    # small prime factors cost a cheap generic pass: 2-3x faster than folding, stay at n
+    for n in (7, 13, 7 * 2 ** 14, 11 * 3 * 2 ** 10, 61 * 2 ** 11, 2 * 3 * 5 * 7 * 11 * 13):
+        assert F._cyclic_len(n, True) == n
+
+
+@pytest.mark.parametrize("n", [97, 1009, 360, 1024])
+@pytest.mark.parametrize("kind", ["real", "complex", "int", "float32"])
+def test_cyclic_prime_and_smooth_lengths_match_direct(n, kind, monkeypatch):
+    """Batched along axis 1 with a broadcast second input; against the O(n^2) sums and
+    against the transform at n itself (the way before folding: the same result, and
+    identical integers)."""
+    rng = np.random.default_rng(n)
+    a, b = _cyclic_inputs(rng, kind, (2, n, 3), (n, 3))
+    assert (F._cyclic_len(n, kind != "complex") == n) == (n in (360, 1024))
+    got = {}
+    for corr, fn in ((False, F.cyclic_convolve), (True, F.cyclic_correlate)):
+        res = fn(a, b, axis=1)
+        ref = np_cyclic_direct(a, b[None], corr, axis=1)
+        assert res.shape == (2, n, 3)
+        assert_matches(res, ref, a, b, n, n)
+        if kind == "int":
+            assert np.abs(ref).max() > 2 ** 53  # beyond what a float64 FFT can round exactly
+        got[corr] = res
+    with monkeypatch.context() as mp:
+        _direct_transform_only(mp)
+        for corr, fn in ((False, F.cyclic_convolve), (True, F.cyclic_correlate)):
+            old = fn(a, b, axis=1)
+            assert old.dtype == got[corr].dtype
+            if kind == "int":
+                assert np.array_equal(old, got[corr])
+            else:
+                tol = 1e-4 if kind == "float32" else 1e-11
+                scale = n * np.abs(a).max() * np.abs(b).max()
+                np.testing.assert_allclose(got[corr], old, rtol=0, atol=tol * scale)
+    if kind == "real":  # numpy's own length-n transform
+        old = np.fft.irfft(np.fft.rfft(a, axis=1) * np.fft.rfft(b[None], axis=1), n, axis=1)
+        scale = n * np.abs(a).max() * np.abs(b).max()
+        np.testing.assert_allclose(got[False], old, rtol=0, atol=1e-11 * scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128, np.float32, np.int64, np.uint8, bool])
+def test_cyclic_fold_at_every_small_length(dtype, monkeypatch):
+    """Folding forced at n = 1..40 (both folds, the transform length 2n - 1 itself
+    included), shared inputs too, against the Python-int / float direct sums."""
+    _fold_always(monkeypatch)
+    rng = np.random.default_rng(21)
+    for n in range(1, 41):
+        a, b = random_array(rng, (2, n), dtype), random_array(rng, (2, n), dtype)
+        for corr, fn in ((False, F.cyclic_convolve), (True, F.cyclic_correlate)):
+            ref = direct_nd(a, b, -1, lambda x, y: direct_cyclic(x, y, corr))
+            assert_matches(fn(a, b), ref, a, b, n, n)
+            ref = direct_nd(a, a, -1, lambda x, y: direct_cyclic(x, y, corr))
+            assert_matches(fn(a, a), ref, a, a, n, n)
+
+
+def test_cyclic_prime_exact_beyond_int64(monkeypatch):
+    n = 97
+    rng = np.random.default_rng(22)
+    a = (2 ** 62 - rng.integers(0, 1000, n)) * rng.choice([-1, 1], n)
+    b = (2 ** 61 - rng.integers(0, 1000, n)) * rng.choice([-1, 1], n)
+    big = np.array([2 ** 70, -(3 ** 40), 5] + [0] * (n - 3), dtype=object)  # Python ints
+    pairs = [(a, b), (big, a), (a, a)]  # (a, a): one shared transform
+    res = {}
+    for corr, fn in ((False, F.cyclic_convolve), (True, F.cyclic_correlate)):
+        for i, (x, y) in enumerate(pairs):
+            out = fn(x, y)
+            assert out.dtype == object and out.shape == (n,)
+            assert [int(v) for v in out] == direct_cyclic(x, y, corr)
+            res[corr, i] = out.tolist()
+        with pytest.raises(OverflowError, match="allow_object"):
+            fn(a, b, allow_object=False)
+        small = a >> 40  # results fit int64 after all: int64, also with allow_object=False
+        out = fn(small, small, allow_object=False)
+        assert out.dtype == np.int64 and out.tolist() == direct_cyclic(small, small, corr)
+    _direct_transform_only(monkeypatch)
+    for corr, fn in ((False, F.cyclic_convolve), (True, F.cyclic_correlate)):
+        for i, (x, y) in enumerate(pairs):
+            assert fn(x, y).tolist() == res[corr, i]
+
+
+def test_cyclic_prime_length_in_chunks(monkeypatch):
+    """Row chunks at the folded transform length; one row needs Python ints."""
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((6, 97))
+    i = rng.integers(-(2 ** 20), 2 ** 20, (6, 97))
+    i[4] = 2 ** 62
+    expected = [F.cyclic_convolve(x, x[::-1]), F.cyclic_correlate(x, x), F.cyclic_correlate(i, i[::-1])]
+    monkeypatch.setattr(F, "_CHUNK", 300)  # one row per chunk
+    got = [F.cyclic_convolve(x, x[::-1]), F.cyclic_correlate(x, x), F.cyclic_correlate(i, i[::-1])]
+    np.testing.assert_allclose(got[0], expected[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got[1], expected[1], rtol=0, atol=1e-12)
+    assert got[2].dtype == object and got[2].tolist() == expected[2].tolist()
+    assert got[2].tolist() == direct_nd(i, i[::-1], -1, lambda u, v: direct_cyclic(u, v, True)).tolist()
+
+
+def test_cyclic_prime_length_torch():
+    n = 101
+    assert F._cyclic_len(n, True) != n and F._cyclic_len(n, False) != n  # folds
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(2, n, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(2, n, dtype=torch.complex128, generator=g)
+    out = F.cyclic_convolve(a, a.detach().flip(-1))
+    np.testing.assert_allclose(out.detach().numpy(), np_cyclic_direct(a.detach().numpy(),
+                               a.detach().flip(-1).numpy(), False), rtol=0, atol=1e-10)
+    out.sum().backward()  # d/da_j sum_k c_k = sum of the second input: autograd through the fold
+    grad = a.detach().sum(-1, keepdim=True).expand(2, n)
+    np.testing.assert_allclose(a.grad.numpy(), grad.numpy(), rtol=0, atol=1e-10)
+    out = F.cyclic_correlate(b, b.roll(5, -1))
+    assert out.dtype == torch.complex128
+    np.testing.assert_allclose(out.numpy(), np_cyclic_direct(b.numpy(), b.roll(5, -1).numpy(), True),
+                               rtol=0, atol=1e-10)
+    ai = torch.randint(-(2 ** 26), 2 ** 26, (2, n), generator=g)
+    bi = torch.randint(-(2 ** 26), 2 ** 26, (2, n), generator=g)
+    for corr, fn in ((False, F.cyclic_convolve), (True, F.cyclic_correlate)):
+        out = fn(ai, bi)
+        assert out.dtype == torch.int64
+        assert np.array_equal(out.numpy(), np_cyclic_direct(ai.numpy(), bi.numpy(), corr))
+
+
+# --------------------------------------------------------------------------------------
 # exact integers
 # --------------------------------------------------------------------------------------
 
