@@ -28,6 +28,7 @@ class (a sanity check: every mode should then reach 100%). ``--set`` overrides a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -44,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from svt import demo_data as dd  # noqa: E402
 from svt.config import merged  # noqa: E402
-from svt import evaluate as ev  # noqa: E402
+from svt import eval_views as evv, probe  # noqa: E402
 from svt.loss import (SVTLoss, apply_schedules, cancel_last_layer_gradients,  # noqa: E402
                       clip_gradients, optim_schedules, param_groups, update_teacher)
 from svt.pretrain import build_nets  # noqa: E402
@@ -82,7 +83,7 @@ def backgrounds(kind: str, classes: list[str]):
 
 def resize_short_side(video: np.ndarray, short: int) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> uint8 (T, h, w, 3) with short side ``short``, as the decode stage."""
-    x = ev.resize_short_side(torch.from_numpy(video).permute(0, 3, 1, 2).float(), short)
+    x = evv.resize_short_side(torch.from_numpy(video).permute(0, 3, 1, 2).float(), short)
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
@@ -113,23 +114,24 @@ def render(classes, groups, clips, frames, size, short, seed, background, jobs):
 
 
 @torch.no_grad()
-def features(model, videos, frames: int, size: int) -> torch.Tensor:
+def features(model, videos, frames: int, size: int, norm: dict) -> torch.Tensor:
     """Frozen CLS features of one whole-video centre view, as the features stage computes them."""
     model.eval()
     out = []
     for v in videos:
-        idx = torch.from_numpy(ev.EvalClipSampler(frames, 1)(len(v), FPS)[0])
-        out.append(model(ev.eval_views([v[idx]], size, 1)).mean(0))
+        idx = torch.from_numpy(evv.EvalClipSampler(frames, 1)(len(v), FPS)[0])
+        out.append(model(evv.eval_views([v[idx]], size, 1, **norm)).mean(0))
     return torch.stack(out)
 
 
 def probe(model, videos, labels, test, geometries, classes, cfg) -> dict[str, tuple]:
     """Linear probe and kNN top-1 (%) per setting, exactly as svt.probe computes them."""
     ec = cfg["evaluate"]
-    probe_cfg = ev.ProbeConfig(epochs=ec["probe_epochs"], lr=ec["probe_lr"], batch_size=ec["probe_batch_size"],
+    probe_cfg = probe.ProbeConfig(epochs=ec["probe_epochs"], lr=ec["probe_lr"], batch_size=ec["probe_batch_size"],
                                momentum=ec["probe_momentum"], seed=cfg["optim"]["seed"])
-    feats = {name: features(model, videos, f, s) for name, (f, s) in geometries.items()}
-    results = ev.evaluate_settings({k: f[~test] for k, f in feats.items()}, labels[~test],
+    norm = {"mean": cfg["augment"]["mean"], "std": cfg["augment"]["std"]}  # as pretraining's views
+    feats = {name: features(model, videos, f, s, norm) for name, (f, s) in geometries.items()}
+    results = probe.evaluate_settings({k: f[~test] for k, f in feats.items()}, labels[~test],
                                    {k: f[test] for k, f in feats.items()}, labels[test], classes,
                                    probe_cfg, ec["combine"], ec["knn_k"], ec["knn_temperature"])
     return {s: (100 * r["linear"]["top1"], 100 * r["knn"]["top1"]) for s, r in results.items()}
@@ -150,6 +152,8 @@ def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50):
     torch.manual_seed(oc["seed"])
     student, teacher = build_nets(cfg, torch.device("cpu"))
     view_cfg = ViewConfig.from_config(cfg["views"], cfg["augment"])
+    if mode == "supervised":  # it trains on the first global view only: make no others
+        view_cfg = dataclasses.replace(view_cfg, global_views=view_cfg.global_views[:1], local_views=())
     sampler, augment = SVTClipSampler(view_cfg), SVTAugment(view_cfg)
     n_global = len(cfg["views"]["global_frames"])
     bs = oc["batch_size_per_gpu"]
@@ -157,7 +161,8 @@ def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50):
     iters = len(train_idx) // bs
     epochs = max(1, math.ceil(steps / iters))
     lr_s, wd_s, mom_s = optim_schedules(oc, epochs, iters)
-    loss_fn = SVTLoss.from_config(cfg["loss"], n_global, len(view_cfg.views), oc["epochs"])
+    loss_fn = SVTLoss.from_config(cfg["loss"], n_global, len(view_cfg.views), oc["epochs"]) \
+        if mode == "ssl" else None
     head = torch.nn.Linear(student.backbone.embed_dim, n_classes)  # supervised only
     params = student if mode == "ssl" else torch.nn.ModuleList([student.backbone, head])
     optimizer = torch.optim.AdamW(param_groups(params, oc["decay_embeddings"]))

@@ -1,9 +1,11 @@
 """The one config merger: presets over config.yaml and KEY=VALUE overrides, as Snakemake's
---configfile does for the workflow (benchmarks and tests use these)."""
+--configfile does for the workflow (benchmarks and tests use these); and the one parser of
+repeated NAME=VALUE command-line options."""
 
 from __future__ import annotations
 
 import copy
+from typing import Sequence
 
 import yaml
 
@@ -34,4 +36,18 @@ def apply_overrides(cfg: dict, items: list[str]) -> dict:
         if last not in node:
             raise ValueError(f"override {item!r}: no key {last!r} in {'.'.join(path) or 'the config'}")
         node[last] = yaml.safe_load(value)
+    return out
+
+
+def parse_named(items: Sequence[str] | None, what: str, unique: bool = True) -> dict[str, str]:
+    """``["slow=a.pt", "fast=b.pt"]`` -> {"slow": "a.pt", "fast": "b.pt"}, order kept; the
+    value may contain '='. ``unique``: a name given twice is an error (else the last wins)."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name or (unique and not value):
+            raise ValueError(f"{what} {item!r}: expected NAME=VALUE")
+        if unique and name in out:
+            raise ValueError(f"{what} {name!r} given twice")
+        out[name] = value
     return out

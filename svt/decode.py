@@ -1,9 +1,10 @@
-"""Decode stage: re-encode raw videos in shards, then merge shard tables into manifests.
+"""Decode stage, one shard: ``python -m svt.decode``.
 
-    python -m svt.decode shard   --index I --raw-root R --videos-dir V --shard K --num-shards N ...
-    python -m svt.decode report  --shards S1 S2 ... --rejects OUT --summary OUT.json
-                                 [--tracking-uri URI --experiment NAME --run-name data/NAME]
-    python -m svt.decode manifest --shards S1 S2 ... --split train --rejects R --out OUT ...
+    python -m svt.decode --index I --raw-root R --videos-dir V --shard K --num-shards N ... --out S.csv
+
+Re-encodes the shard's raw videos and writes its tables: kept videos (``S.csv``, manifest
+rows) and rejects (``S.rejects.csv``). ``svt.data_report`` and ``svt.data_manifest`` merge the
+shards' tables; they live in modules of their own so that editing them reruns no shard.
 
 A video belongs to shard ``crc32(output name) % N``: stable when the index grows, and two raw
 files that would share an output name always meet in the same shard. A shard skips videos
@@ -14,17 +15,14 @@ or retried shard never redoes finished work.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import zlib
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
 
-from svt import tracking
-from svt.manifest import IndexRow, ManifestRow, RejectRow, read_rows, write_rows
+from svt.manifest import IndexRow, ManifestRow, RejectRow, read_rows, shard_rejects_path, write_rows
 from svt.video import EncodeSettings, VideoError, check_output, output_name, probe, transcode
 
 
@@ -92,69 +90,6 @@ def run_shard(index: Path, raw_root: Path, videos_dir: Path, shard: int, num_sha
     return len(kept), len(rejected)
 
 
-def report(shards: list[Path], rejects_out: Path, summary_out: Path) -> dict:
-    """Merge shard tables into one rejects file and a summary (counts per split and reason)."""
-    kept = [row for s in shards for row in read_rows(s, ManifestRow)]
-    rejected = [row for s in shards for row in read_rows(_rejects_path(s), RejectRow)]
-    rejected.sort(key=lambda r: (r.split, r.source))
-    write_rows(rejects_out, rejected, RejectRow)
-    total = len(kept) + len(rejected)
-    summary = {
-        "videos": total,
-        "kept": len(kept),
-        "rejected": len(rejected),
-        "reject_fraction": len(rejected) / total if total else 0.0,
-        "kept_per_split": dict(sorted(Counter(r.split for r in kept).items())),
-        "rejected_per_reason": dict(sorted(Counter(_reason_kind(r.reason) for r in rejected).items())),
-        "frames": sum(r.frames for r in kept),
-        "hours": round(sum(r.duration for r in kept) / 3600, 4),
-    }
-    summary_out.parent.mkdir(parents=True, exist_ok=True)
-    summary_out.write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
-def log_report(stats: dict, rejects: Path, summary: Path, a: argparse.Namespace) -> None:
-    """The data stage's MLflow run: counts per split and per reject reason, the summary and the
-    list of rejected videos. Tracking trouble only warns (svt.tracking.Tracker)."""
-    if not a.tracking_uri:
-        return
-    t = tracking.Tracker(a.tracking_uri, a.experiment, run_name=a.run_name,
-                         tags={"svt.stage": "data", **tracking.parse_tags(a.tag)})
-    metrics = {k: stats[k] for k in ("videos", "kept", "rejected", "reject_fraction", "frames", "hours")}
-    metrics.update({f"kept/{k}": v for k, v in stats["kept_per_split"].items()})
-    metrics.update({f"rejected/{k}": v for k, v in stats["rejected_per_reason"].items()})
-    t.log_metrics(metrics, step=0)
-    t.log_artifact(summary, "data")
-    t.log_artifact(rejects, "data")
-    t.finish()
-
-
-def _reason_kind(reason: str) -> str:
-    return reason.split(":", 1)[0]
-
-
-def _rejects_path(shard_csv: Path) -> Path:
-    return shard_csv.with_name(shard_csv.stem + ".rejects.csv")
-
-
-def manifest(shards: list[Path], split: str, summary: Path, max_reject_fraction: float,
-             rejects: Path, out: Path) -> int:
-    """Write the manifest of one split; refuse when too many videos were rejected."""
-    stats = json.loads(summary.read_text())
-    if stats["reject_fraction"] > max_reject_fraction:
-        raise SystemExit(
-            f"decode: {stats['rejected']} of {stats['videos']} videos were rejected "
-            f"({100 * stats['reject_fraction']:.1f}%), above decode.max_reject_fraction="
-            f"{max_reject_fraction}. Reasons: {stats['rejected_per_reason']}. The list is in "
-            f"{rejects}; fix or remove those videos, or raise the threshold, and rerun "
-            f"(finished videos are not decoded again).")
-    rows = [r for s in shards for r in read_rows(s, ManifestRow) if r.split == split]
-    rows.sort(key=lambda r: r.path)
-    write_rows(out, rows, ManifestRow)
-    return len(rows)
-
-
 def _settings(a: argparse.Namespace) -> EncodeSettings:
     return EncodeSettings(short_side=a.short_side, fps=a.fps, gop=a.gop, crf=a.crf,
                           preset=a.preset, min_frames=a.min_frames,
@@ -162,11 +97,8 @@ def _settings(a: argparse.Namespace) -> EncodeSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m svt.decode", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-
-    s = sub.add_parser("shard", help="re-encode the videos of one shard")
+    s = argparse.ArgumentParser(prog="python -m svt.decode", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--index", type=Path, required=True, help="index.csv written by svt.index")
     s.add_argument("--raw-root", type=Path, required=True, help="folder the index paths are relative to")
     s.add_argument("--videos-dir", type=Path, required=True, help="where processed videos go")
@@ -182,35 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--timeout", type=float, default=600.0, help="seconds per video (at least)")
     s.add_argument("--jobs", type=int, default=1, help="videos encoded in parallel")
     s.add_argument("--out", type=Path, required=True, help="shard manifest CSV")
-
-    r = sub.add_parser("report", help="merge shard rejects and write a summary")
-    r.add_argument("--shards", type=Path, nargs="+", required=True)
-    r.add_argument("--rejects", type=Path, required=True)
-    r.add_argument("--summary", type=Path, required=True)
-    r.add_argument("--run-name", default="data", help="name of the MLflow run (with --tracking-uri)")
-    tracking.add_arguments(r, experiment="svt-data")
-
-    m = sub.add_parser("manifest", help="write the manifest of one split")
-    m.add_argument("--shards", type=Path, nargs="+", required=True)
-    m.add_argument("--split", required=True)
-    m.add_argument("--summary", type=Path, required=True)
-    m.add_argument("--rejects", type=Path, required=True, help="named in the error message")
-    m.add_argument("--max-reject-fraction", type=float, required=True)
-    m.add_argument("--out", type=Path, required=True)
-
-    a = ap.parse_args(argv)
-    if a.cmd == "shard":
-        if not 0 <= a.shard < a.num_shards:
-            ap.error(f"--shard {a.shard} is outside 0..{a.num_shards - 1}")
-        run_shard(a.index, a.raw_root, a.videos_dir, a.shard, a.num_shards, _settings(a),
-                  a.jobs, a.out, _rejects_path(a.out))
-    elif a.cmd == "report":
-        stats = report(a.shards, a.rejects, a.summary)
-        print(json.dumps(stats), file=sys.stderr)
-        log_report(stats, a.rejects, a.summary, a)
-    else:
-        n = manifest(a.shards, a.split, a.summary, a.max_reject_fraction, a.rejects, a.out)
-        print(f"{a.out}: {n} videos", file=sys.stderr)
+    a = s.parse_args(argv)
+    if not 0 <= a.shard < a.num_shards:
+        s.error(f"--shard {a.shard} is outside 0..{a.num_shards - 1}")
+    run_shard(a.index, a.raw_root, a.videos_dir, a.shard, a.num_shards, _settings(a),
+              a.jobs, a.out, shard_rejects_path(a.out))
     return 0
 
 

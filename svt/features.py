@@ -20,10 +20,26 @@ from pathlib import Path
 
 import torch
 
-from svt.evaluate import (extract_features, load_adapted, model_for_geometry, resolve_device,
-                          save_features)
+from svt.adapt import load_adapted, model_for_geometry
+from svt.eval_views import extract_features, resolve_device
 from svt.loader import BACKENDS
 from svt.model import file_sha256
+
+
+FEATURES_FORMAT = "svt-features/1"
+
+
+def save_features(path, result: Mapping, meta: Mapping) -> Path:
+    from svt.checkpoint import save_atomic
+
+    return save_atomic({"format": FEATURES_FORMAT, **result, **meta}, path)
+
+
+def load_features(path) -> dict:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or obj.get("format") != FEATURES_FORMAT:
+        raise ValueError(f"{path}: not a file written by `python -m svt.features`")
+    return obj
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(a.device)
     t0 = time.time()
     result = extract_features(model, a.manifest, a.videos_root, geo["size"], geo["frames"],
-                              a.clips, a.crops, a.batch_size, a.num_workers, a.decoder, device)
+                              adapted["pretrained_cfg"], a.clips, a.crops, a.batch_size, a.num_workers, a.decoder, device)
     meta = {"geometry": {"name": a.geometry, **geo, "clips": a.clips, "crops": a.crops},
             "backbone": {"path": str(a.backbone), "sha256": file_sha256(a.backbone),
                          "source": adapted.get("source", {}), "model": adapted["model"]},

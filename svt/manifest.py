@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -84,3 +85,38 @@ def iter_rows(path: str | os.PathLike, cls) -> Iterator:
             raise ValueError(f"{path}: missing columns {sorted(missing)} (expected {list(types)})")
         for row in reader:
             yield cls(**{k: casts[types[k]](row[k]) for k in types})
+
+
+# ---- the decode stage's shard tables (svt.decode writes them; report and manifest read them)
+
+
+def shard_rejects_path(shard_csv: str | os.PathLike) -> Path:
+    """The rejects table that goes with a shard's manifest table."""
+    shard_csv = Path(shard_csv)
+    return shard_csv.with_name(shard_csv.stem + ".rejects.csv")
+
+
+def reason_kind(reason: str) -> str:
+    """"unreadable: moov atom not found" -> "unreadable": the counted part of a reason."""
+    return reason.split(":", 1)[0]
+
+
+def shard_summary(shards: Iterable[str | os.PathLike]) -> tuple[list, list, dict]:
+    """Kept rows, rejected rows (sorted by split and source) and the counts of a dataset's
+    shard tables: videos, kept, rejected, reject_fraction, per split, per reason, frames, hours."""
+    shards = list(shards)
+    kept = [row for s in shards for row in read_rows(s, ManifestRow)]
+    rejected = sorted((row for s in shards for row in read_rows(shard_rejects_path(s), RejectRow)),
+                      key=lambda r: (r.split, r.source))
+    total = len(kept) + len(rejected)
+    summary = {
+        "videos": total,
+        "kept": len(kept),
+        "rejected": len(rejected),
+        "reject_fraction": len(rejected) / total if total else 0.0,
+        "kept_per_split": dict(sorted(Counter(r.split for r in kept).items())),
+        "rejected_per_reason": dict(sorted(Counter(reason_kind(r.reason) for r in rejected).items())),
+        "frames": sum(r.frames for r in kept),
+        "hours": round(sum(r.duration for r in kept) / 3600, 4),
+    }
+    return kept, rejected, summary

@@ -170,7 +170,8 @@ class VisionTransformerSVT(nn.Module):
         resample_spatial(torch.zeros(1, 2, 1), (1, 1), pos_interp_spatial)  # validate the modes
         resample_temporal(torch.zeros(1, 1, 1), 1, pos_interp_temporal)
         self.patch_size = patch_size
-        self.num_frames = num_frames
+        self.num_frames = num_frames  # rows of the trained temporal table
+        self.img_size = img_size  # side of the trained spatial table
         self.embed_dim = self.num_features = embed_dim
         self.grid_size = img_size // patch_size
         self.pos_interp_spatial = pos_interp_spatial
@@ -385,6 +386,14 @@ def _unwrap(obj) -> dict:
     if not isinstance(obj, dict) or not any(torch.is_tensor(v) for v in obj.values()):
         raise ValueError("no state dict (a mapping of names to tensors) found in the checkpoint")
     return {k: v for k, v in obj.items() if torch.is_tensor(v)}
+
+
+def pretrained_cfg(model: "VisionTransformerSVT", mean, std) -> dict:
+    """What evaluation needs to feed the weights as they were trained, stored beside them (as
+    timm's ``pretrained_cfg``): input mean/std, trained temporal rows, patch and image size."""
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            "num_frames": model.num_frames, "patch_size": model.patch_size,
+            "img_size": model.img_size}
 
 
 def load_checkpoint_file(path):

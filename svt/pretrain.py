@@ -36,7 +36,7 @@ from svt.loader import VideoDataset, collate_clips
 from svt.loss import (DINOHead, MultiViewModel, SVTLoss, apply_schedules,
                       cancel_last_layer_gradients, clip_gradients, optim_schedules, param_groups,
                       update_teacher)
-from svt.model import build_model, file_sha256, load_pretrained
+from svt.model import build_model, file_sha256, load_pretrained, pretrained_cfg
 from svt import tracking
 from svt.tracking import Tracker, flatten
 from svt.views import AugmentCollate, SVTAugment, SVTClipSampler, ViewConfig
@@ -231,16 +231,19 @@ def knn_monitor(backbone: nn.Module, args: argparse.Namespace, cfg: dict,
                 device: torch.device) -> dict[str, float]:
     """kNN top-1/top-5 of the teacher's CLS features on an evaluation split: a cheap signal of
     whether pretraining learns anything useful (DINO-style monitor)."""
-    from svt.evaluate import extract_features, knn_accuracy, percent
+    from svt.eval_views import extract_features
+    from svt.knn import knn_accuracy
+    from svt.metrics import percent
 
     frames, size = cfg["views"]["global_frames"][0], cfg["views"]["global_size"]
+    norm = {"mean": cfg["augment"]["mean"], "std": cfg["augment"]["std"]}  # as the views
     was_training = backbone.training
     with torch.no_grad():
         train = extract_features(backbone, args.knn_train, args.knn_videos_root, size, frames,
-                                 crops=1, decoder=cfg["pretrain"]["decoder"], device=device,
+                                 norm, crops=1, decoder=cfg["pretrain"]["decoder"], device=device,
                                  progress=False)
         test = extract_features(backbone, args.knn_test, args.knn_videos_root, size, frames,
-                                crops=1, decoder=cfg["pretrain"]["decoder"], device=device,
+                                norm, crops=1, decoder=cfg["pretrain"]["decoder"], device=device,
                                 progress=False)
     backbone.train(was_training)
     classes = int(max(train["labels"].max(), test["labels"].max())) + 1
@@ -542,6 +545,8 @@ def train(args: argparse.Namespace) -> int:
 
     if main_rank and not preempted:  # exports: the teacher backbone is the product of pretraining
         ckpt.save_atomic({"state_dict": teacher.backbone.state_dict(), "model": cfg["model"],
+                          "pretrained_cfg": pretrained_cfg(teacher.backbone, cfg["augment"]["mean"],
+                                                           cfg["augment"]["std"]),
                           "step": step, "mlflow_run_id": run_id}, out_dir / "teacher_backbone.pth")
         write_curves(metrics_csv, out_dir / "curves.png")
         for name in ("config.yaml", "curves.png", "metrics.csv"):

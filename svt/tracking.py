@@ -99,13 +99,9 @@ def context_tags() -> dict[str, str]:
 
 def parse_tags(items: list[str] | None) -> dict[str, str]:
     """["svt.rule=probe", "svt.wildcards={...}"] -> dict (the value may contain '=')."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--tag {item!r}: expected KEY=VALUE")
-        out[key] = value
-    return out
+    from svt.config import parse_named
+
+    return parse_named(items, "--tag", unique=False)
 
 
 def add_arguments(ap: argparse.ArgumentParser, experiment: str = "svt") -> None:

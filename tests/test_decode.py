@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO, make_video
+from svt import data_manifest, data_report
 from svt.decode import main, shard_of
 from svt.manifest import IndexRow, ManifestRow, RejectRow, read_rows, write_rows
 from svt.video import output_name
@@ -36,7 +37,7 @@ def raw(tmp_path):
 
 def run_shards(tmp, num_shards=2, extra=()):
     for k in range(num_shards):
-        main(["shard", "--index", str(tmp / "index.csv"), "--raw-root", str(tmp / "raw"),
+        main(["--index", str(tmp / "index.csv"), "--raw-root", str(tmp / "raw"),
               "--videos-dir", str(tmp / "videos"), "--shard", str(k), "--num-shards", str(num_shards),
               "--jobs", "2", "--out", str(tmp / "shards" / f"{k}.csv"), *SETTINGS, *extra])
     return [tmp / "shards" / f"{k}.csv" for k in range(num_shards)]
@@ -50,8 +51,8 @@ def test_shards_partition_index_and_report_rejects(raw):
         assert (raw / "videos" / r.path).exists()
         assert shard_of(r.path, 2) == int(next(s.stem for s in shards if r in read_rows(s, ManifestRow)))
         assert (r.frames, r.fps, r.height, r.width) == (30, 30.0, 48, 72)
-    main(["report", "--shards", *map(str, shards), "--rejects", str(raw / "rejects.csv"),
-          "--summary", str(raw / "summary.json")])
+    data_report.main(["--shards", *map(str, shards), "--rejects", str(raw / "rejects.csv"),
+                      "--summary", str(raw / "summary.json")])
     rejects = {r.source: r.reason for r in read_rows(raw / "rejects.csv", RejectRow)}
     assert rejects == {"walk/empty.mp4": "empty file (0 bytes)", "walk/missing.mp4": "file not found",
                        "run/short.mp4": rejects["run/short.mp4"]}
@@ -63,21 +64,19 @@ def test_shards_partition_index_and_report_rejects(raw):
 
 
 def test_manifest_per_split_and_reject_threshold(raw, capsys):
-    shards = run_shards(raw)
-    main(["report", "--shards", *map(str, shards), "--rejects", str(raw / "rejects.csv"),
-          "--summary", str(raw / "summary.json")])
-    common = ["--shards", *map(str, shards), "--summary", str(raw / "summary.json"),
-              "--rejects", str(raw / "rejects.csv")]
-    main(["manifest", *common, "--split", "train", "--max-reject-fraction", "0.5",
-          "--out", str(raw / "train.csv")])
+    shards = run_shards(raw)  # no report needed: the manifest counts rejects from the shards
+    common = ["--shards", *map(str, shards)]
+    data_manifest.main([*common, "--split", "train", "--max-reject-fraction", "0.5",
+                        "--out", str(raw / "train.csv")])
     train = read_rows(raw / "train.csv", ManifestRow)
     assert [r.source for r in train] == ["run/ünï $`'.mp4", "walk/a.mp4"]
     with pytest.raises(SystemExit) as err:
-        main(["manifest", *common, "--split", "test", "--max-reject-fraction", "0.1",
-              "--out", str(raw / "test.csv")])
+        data_manifest.main([*common, "--split", "test", "--max-reject-fraction", "0.1",
+                            "--out", str(raw / "test.csv")])
     msg = str(err.value)
     assert "3 of 7 videos were rejected" in msg and "max_reject_fraction=0.1" in msg
-    assert str(raw / "rejects.csv") in msg and not (raw / "test.csv").exists()
+    assert "'empty file (0 bytes)': 1" in msg  # the reasons, counted
+    assert f"{raw / 'shards'}/*.rejects.csv" in msg and not (raw / "test.csv").exists()
 
 
 def test_rerun_skips_finished_videos(raw):
@@ -111,14 +110,14 @@ def test_colliding_output_names_are_rejected_not_overwritten(tmp_path):
 
 def test_cli_runs_as_module(raw):
     res = subprocess.run(
-        [sys.executable, "-m", "svt.decode", "shard", "--index", str(raw / "index.csv"),
+        [sys.executable, "-m", "svt.decode", "--index", str(raw / "index.csv"),
          "--raw-root", str(raw / "raw"), "--videos-dir", str(raw / "v"), "--shard", "0",
          "--num-shards", "1", "--out", str(raw / "s.csv"), *SETTINGS],
         cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "rejected walk/empty.mp4: empty file (0 bytes)" in res.stderr
     assert "4 rows kept, 3 rejected" in res.stderr
-    bad = subprocess.run([sys.executable, "-m", "svt.decode", "shard", "--index", "i", "--raw-root", "r",
+    bad = subprocess.run([sys.executable, "-m", "svt.decode", "--index", "i", "--raw-root", "r",
                           "--videos-dir", "v", "--shard", "3", "--num-shards", "2", "--out", "o"],
                          cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "--shard 3 is outside 0..1" in bad.stderr

@@ -1,4 +1,4 @@
-"""svt.evaluate / svt.adapt / svt.features / svt.probe: slow-fast evaluation of a frozen backbone.
+"""svt.adapt / svt.eval_views / svt.features / svt.probe / svt.table: slow-fast evaluation of a frozen backbone.
 
 Real tiny videos (libx264, as the decode stage writes them) go through the real CLIs with a
 tiny TimeSformer (patch 16, 32-d). Probe and kNN are checked on synthetic features whose
@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from svt import adapt, evaluate as ev, features, probe
+from svt import adapt, eval_views as evv, features, knn as knn_mod, metrics as metrics_mod, probe
+from svt import table as table_mod
+from svt.config import parse_named
 from svt._compat import import_timm
 from svt.loader import read_frames
 from svt.manifest import ManifestRow, write_rows
-from svt.model import VisionTransformerSVT, build_model
+from svt.model import VisionTransformerSVT, build_model, file_sha256, pretrained_cfg
 from svt.posembed import resample_spatial, resample_temporal
 
 import_timm()
@@ -32,6 +34,9 @@ TINY = dict(img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_
             drop_path_rate=0.0, pos_interp_spatial="bilinear", pos_interp_temporal="linear")
 GEOS = ["--geometry", "slow=4x32", "--geometry", "fast=8x16"]
 COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+# the teacher is "pretrained" with a non-ImageNet normalisation: evaluation must use it
+TRAINED_NORM = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+IMAGENET = ["--mean", "0.485", "0.456", "0.406", "--std", "0.229", "0.224", "0.225"]
 
 
 def perturb(module: torch.nn.Module, seed: int = 1, scale: float = 0.05) -> None:
@@ -52,7 +57,8 @@ def tiny_model(seed: int = 0, **kw) -> VisionTransformerSVT:
 def save_teacher(path, model: VisionTransformerSVT, cfg: dict, run_id=None):
     """The layout svt.pretrain exports (teacher_backbone.pth)."""
     torch.save({"state_dict": model.state_dict(), "model": {**cfg, "init": "none"}, "step": 7,
-                "mlflow_run_id": run_id}, path)
+                "pretrained_cfg": pretrained_cfg(model, **TRAINED_NORM), "mlflow_run_id": run_id},
+               path)
     return path
 
 
@@ -113,21 +119,21 @@ def videos(tmp_path_factory):
 # ------------------------------------------------------------------------ geometry & views
 
 def test_parse_geometry_and_named():
-    assert ev.parse_geometry("slow=8x224") == ev.Geometry("slow", 8, 224)
-    assert ev.parse_geometry(" fast = 64 x 96 ") == ev.Geometry("fast", 64, 96)
+    assert adapt.parse_geometry("slow=8x224") == adapt.Geometry("slow", 8, 224)
+    assert adapt.parse_geometry(" fast = 64 x 96 ") == adapt.Geometry("fast", 64, 96)
     for bad in ("slow", "slow=8", "slow=8x", "=8x224", "a b=1x2"):
         with pytest.raises(ValueError):
-            ev.parse_geometry(bad)
-    assert ev.parse_named(["slow=a.pt", "fast=b=c.pt"], "--x") == {"slow": "a.pt", "fast": "b=c.pt"}
+            adapt.parse_geometry(bad)
+    assert parse_named(["slow=a.pt", "fast=b=c.pt"], "--x") == {"slow": "a.pt", "fast": "b=c.pt"}
     with pytest.raises(ValueError):
-        ev.parse_named(["slow=a", "slow=b"], "--x")
+        parse_named(["slow=a", "slow=b"], "--x")
 
 
 def test_eval_clip_sampler_covers_equal_windows():
-    s = ev.EvalClipSampler(frames=4, clips=2)
+    s = evv.EvalClipSampler(frames=4, clips=2)
     a, b = s(40, 30.0)
     assert a.tolist() == [2, 7, 12, 17] and b.tolist() == [22, 27, 32, 37]
-    (whole,) = ev.EvalClipSampler(8, 1)(5, 30.0)  # short video: frames repeat, stay in range
+    (whole,) = evv.EvalClipSampler(8, 1)(5, 30.0)  # short video: frames repeat, stay in range
     assert whole.min() >= 0 and whole.max() <= 4 and len(whole) == 8
 
 
@@ -135,27 +141,27 @@ def test_eval_clip_sampler_covers_equal_windows():
 def test_eval_views_three_crops_along_the_long_side(h, w):
     g = torch.Generator().manual_seed(0)
     clip = torch.randint(0, 256, (3, h, w, 3), dtype=torch.uint8, generator=g)
-    views = ev.eval_views([clip, clip.flip(0)], size=20, crops=3)
+    views = evv.eval_views([clip, clip.flip(0)], size=20, crops=3, **TRAINED_NORM)
     assert views.shape == (6, 3, 3, 20, 20)
     x = clip.permute(0, 3, 1, 2).float() / 255
     x = torch.nn.functional.interpolate(x, size=(h // 2, w // 2), mode="bilinear",
                                         antialias=True, align_corners=False)
-    x = (x - torch.tensor(ev.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(ev.IMAGENET_STD).view(1, 3, 1, 1)
+    x = (x - torch.tensor(TRAINED_NORM["mean"]).view(1, 3, 1, 1)) / torch.tensor(TRAINED_NORM["std"]).view(1, 3, 1, 1)
     for i, off in enumerate([0, 10, 20]):  # left/centre/right or top/centre/bottom
         want = x[..., off:off + 20] if w > h else x[..., off:off + 20, :]
         torch.testing.assert_close(views[i], want.permute(1, 0, 2, 3))
     torch.testing.assert_close(views[3], views[0].flip(1))  # clip-major order
-    assert ev.crop_offsets(50, 20, 1) == [15]
+    assert evv.crop_offsets(50, 20, 1) == [15]
 
 
 # ------------------------------------------------------------------------ adapt
 
 def test_adapt_records_geometries_and_resampled_tables(teacher, adapted):
     path, model = teacher
-    out = ev.load_adapted(adapted)
+    out = adapt.load_adapted(adapted)
     assert out["mlflow_run_id"] == "run-from-pretrain"
     assert "init" not in out["model"] and out["model"]["embed_dim"] == 32
-    assert out["source"]["sha256"] == ev.file_sha256(path) and not out["source"]["random_init"]
+    assert out["source"]["sha256"] == file_sha256(path) and not out["source"]["random_init"]
     for k, v in model.state_dict().items():
         assert torch.equal(out["state_dict"][k], v), k
     for name, frames, size in (("slow", 4, 32), ("fast", 8, 16)):
@@ -175,13 +181,13 @@ def test_adapt_records_geometries_and_resampled_tables(teacher, adapted):
 @pytest.mark.parametrize("name,t,s", [("slow", 4, 32), ("fast", 8, 16)])
 def test_model_at_geometry_equals_on_the_fly_resampling(teacher, adapted, name, t, s):
     _, model = teacher
-    m = ev.model_for_geometry(ev.load_adapted(adapted), name)
+    m = adapt.model_for_geometry(adapt.load_adapted(adapted), name)
     assert not m.training and not any(p.requires_grad for p in m.parameters())
     x = torch.randn(2, 3, t, s, s)
     with torch.no_grad():
         torch.testing.assert_close(m(x), model(x))
     with pytest.raises(KeyError, match="medium"):
-        ev.model_for_geometry(ev.load_adapted(adapted), "medium")
+        adapt.model_for_geometry(adapt.load_adapted(adapted), "medium")
 
 
 def test_adapt_rejects_bad_input(teacher, tmp_path, capsys):
@@ -200,18 +206,23 @@ def test_random_init_is_seeded_and_has_the_backbone_architecture(teacher, tmp_pa
         out = tmp_path / f"r{i}.pth"
         assert adapt.main(["--random-init", "--backbone", str(teacher[0]), "--out", str(out),
                            "--seed", str(seed), *GEOS]) == 0
-        outs.append(ev.load_adapted(out))
+        outs.append(adapt.load_adapted(out))
     a, b, c = (o["state_dict"] for o in outs)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["blocks.0.attn.qkv.weight"], c["blocks.0.attn.qkv.weight"])
     assert not torch.equal(a["blocks.0.attn.qkv.weight"],
                            teacher[1].state_dict()["blocks.0.attn.qkv.weight"])
-    assert outs[0]["model"] == ev.load_adapted(tmp_path / "r0.pth")["model"]
+    assert outs[0]["model"] == adapt.load_adapted(tmp_path / "r0.pth")["model"]
     assert outs[0]["source"]["random_init"] and outs[0]["mlflow_run_id"] is None
-    # without a backbone the config comes from --model-json
+    # the baseline is fed as the backbone it stands beside
+    assert outs[0]["pretrained_cfg"] == {**TRAINED_NORM, "num_frames": 4, "patch_size": 16, "img_size": 32}
+    # without a backbone the config comes from --model-json, the normalisation from --mean/--std
     out = tmp_path / "r_json.pth"
-    assert adapt.main(["--random-init", "--model-json", json.dumps(TINY), "--out", str(out), *GEOS]) == 0
-    assert ev.load_adapted(out)["geometries"]["slow"]["grid"] == [2, 2]
+    assert adapt.main(["--random-init", "--model-json", json.dumps(TINY), "--out", str(out), *GEOS]) == 2
+    assert adapt.main(["--random-init", "--model-json", json.dumps(TINY), "--out", str(out), *GEOS,
+                       *IMAGENET]) == 0
+    assert adapt.load_adapted(out)["geometries"]["slow"]["grid"] == [2, 2]
+    assert adapt.load_adapted(out)["pretrained_cfg"]["mean"] == [0.485, 0.456, 0.406]
 
 
 def test_import_official_svt_layout(tmp_path):
@@ -225,9 +236,11 @@ def test_import_official_svt_layout(tmp_path):
     cfg = {k: v for k, v in TINY.items() if not k.startswith("pos_interp")}
     cfg.update(num_frames=16)
     out = tmp_path / "adapted.pth"
-    assert adapt.main(["--backbone", str(tmp_path / "kinetics400_vitb_ssl.pth"), "--out", str(out),
-                       "--model-json", json.dumps(cfg), *GEOS]) == 0
-    a = ev.load_adapted(out)
+    args = ["--backbone", str(tmp_path / "kinetics400_vitb_ssl.pth"), "--out", str(out),
+            "--model-json", json.dumps(cfg), *GEOS]
+    assert adapt.main(args) == 2  # a foreign file stores no normalisation: it must be given
+    assert adapt.main(args + IMAGENET) == 0
+    a = adapt.load_adapted(out)
     assert a["model"]["num_frames"] == 16 and a["mlflow_run_id"] is None
     for k, v in src.state_dict().items():
         if k != "time_embed":
@@ -236,7 +249,7 @@ def test_import_official_svt_layout(tmp_path):
     torch.testing.assert_close(a["geometries"]["fast"]["temporal_table"], src.time_embed.detach())
     x = torch.randn(1, 3, 8, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(ev.model_for_geometry(a, "fast")(x), src(x))
+        torch.testing.assert_close(adapt.model_for_geometry(a, "fast")(x), src(x))
 
 
 def test_import_timm_image_vit(tmp_path):
@@ -250,15 +263,15 @@ def test_import_timm_image_vit(tmp_path):
     cfg = {k: v for k, v in TINY.items() if not k.startswith("pos_interp")}
     out = tmp_path / "adapted.pth"
     assert adapt.main(["--backbone", str(tmp_path / "vit.pth"), "--out", str(out),
-                       "--model-json", json.dumps(cfg), *GEOS]) == 0
-    a = ev.load_adapted(out)
+                       "--model-json", json.dumps(cfg), *GEOS, *IMAGENET]) == 0
+    a = adapt.load_adapted(out)
     sd = a["state_dict"]
     assert torch.equal(sd["blocks.1.temporal_attn.qkv.weight"], vit.blocks[1].attn.qkv.weight)
     assert not sd["blocks.1.temporal_fc.weight"].any() and not sd["time_embed"].any()
     img = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         want = vit.forward_head(vit.forward_features(img), pre_logits=True)
-        got = ev.model_for_geometry(a, "slow")(img.unsqueeze(2).expand(-1, -1, 4, -1, -1))
+        got = adapt.model_for_geometry(a, "slow")(img.unsqueeze(2).expand(-1, -1, 4, -1, -1))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -277,7 +290,7 @@ def test_features_shapes_for_any_geometry(adapted, teacher, videos, tmp_path, cl
                               "--num-workers", str(clips - 1)]) == 0
     rows = videos["rows"]["test"]
     for name, (t, s) in {"slow": (4, 32), "fast": (8, 16)}.items():
-        f = ev.load_features(outs[name])
+        f = features.load_features(outs[name])
         assert f["features"].shape == (len(rows), 32) and f["features"].dtype == torch.float32
         assert f["view_features"].shape == (len(rows), clips * 3, 32)
         assert f["labels"].tolist() == [r.label for r in rows]
@@ -285,18 +298,22 @@ def test_features_shapes_for_any_geometry(adapted, teacher, videos, tmp_path, cl
         assert f["geometry"] == {"name": name, "frames": t, "size": s, "grid": [s // 16] * 2,
                                  "patch_size": 16, "spatial_mode": "bilinear",
                                  "temporal_mode": "linear", "clips": clips, "crops": 3}
-        assert f["backbone"]["sha256"] == ev.file_sha256(adapted)
+        assert f["backbone"]["sha256"] == file_sha256(adapted)
         assert f["mlflow_run_id"] == "run-from-pretrain"
         torch.testing.assert_close(f["features"], f["view_features"].float().mean(1),
                                    atol=2e-2, rtol=2e-2)
-        # video 3 (the 4th: in the second batch) by hand, through the original model
+        # video 3 (the 4th: in the second batch) by hand, through the original model, with
+        # the mean/std it was pretrained with (stored in teacher_backbone.pth, not ImageNet's)
         r = rows[3]
-        idx = ev.EvalClipSampler(t, clips)(r.frames, r.fps)
+        idx = evv.EvalClipSampler(t, clips)(r.frames, r.fps)
         frames = read_frames(videos["root"] / r.path, np.concatenate(idx))
-        views = ev.eval_views(list(torch.split(frames, t)), s, 3)
+        views = evv.eval_views(list(torch.split(frames, t)), s, 3, **TRAINED_NORM)
         with torch.no_grad():
             want = teacher[1](views).mean(0)
+            imagenet = teacher[1](evv.eval_views(list(torch.split(frames, t)), s, 3,
+                                                 [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
         torch.testing.assert_close(f["features"][3], want, atol=1e-4, rtol=1e-4)
+        assert (f["features"][3] - imagenet.mean(0)).abs().max() > 1e-2  # it would show
 
 
 # ------------------------------------------------------------------------ probe & kNN
@@ -313,13 +330,13 @@ def test_linear_and_knn_near_perfect_on_separable_clusters():
     x, y = clusters(60, seed=0)
     xt, yt = clusters(40, seed=1)
     names = [f"c{i}" for i in range(5)]
-    for cfg in (ev.ProbeConfig(), ev.ProbeConfig(epochs=30, lr=0.5, batch_size=32)):
-        head = ev.train_linear(x, y, 5, cfg)
-        m = ev.classification_metrics(head(xt).detach(), yt, names)
+    for cfg in (probe.ProbeConfig(), probe.ProbeConfig(epochs=30, lr=0.5, batch_size=32)):
+        head = probe.train_linear(x, y, 5, cfg)
+        m = metrics_mod.classification_metrics(head(xt).detach(), yt, names)
         assert m["top1"] >= 0.95 and m["top5"] == 1.0
         assert min(m["per_class"].values()) >= 0.9
         assert sum(map(sum, m["confusion"])) == len(yt)
-    knn = ev.knn_accuracy(x, y, xt, yt, 5)
+    knn = knn_mod.knn_accuracy(x, y, xt, yt, 5)
     assert knn["top1"] >= 0.95 and knn["top5"] == 1.0
 
 
@@ -330,9 +347,9 @@ def test_linear_and_knn_at_chance_on_shuffled_labels():
     y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(7))]
     yt = yt[torch.randperm(len(yt), generator=torch.Generator().manual_seed(8))]
     sigma = (1 / c * (1 - 1 / c) / len(yt)) ** 0.5  # binomial std of the accuracy at chance
-    head = ev.train_linear(x, y, c, ev.ProbeConfig(epochs=30, lr=0.5, batch_size=32))
-    lin = ev.classification_metrics(head(xt).detach(), yt, list("abcde"))["top1"]
-    knn = ev.knn_accuracy(x, y, xt, yt, c)["top1"]
+    head = probe.train_linear(x, y, c, probe.ProbeConfig(epochs=30, lr=0.5, batch_size=32))
+    lin = metrics_mod.classification_metrics(head(xt).detach(), yt, list("abcde"))["top1"]
+    knn = knn_mod.knn_accuracy(x, y, xt, yt, c)["top1"]
     for acc in (lin, knn):
         assert abs(acc - 1 / c) < 4 * sigma, acc
 
@@ -340,21 +357,21 @@ def test_linear_and_knn_at_chance_on_shuffled_labels():
 def test_knn_weighted_vote_by_hand():
     train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
     ty = torch.tensor([0, 1, 1])
-    s = ev.knn_scores(train, ty, torch.tensor([[2.0, 0.0]]), 2, k=2, temperature=0.5)
+    s = knn_mod.knn_scores(train, ty, torch.tensor([[2.0, 0.0]]), 2, k=2, temperature=0.5)
     sims = torch.nn.functional.normalize(train, dim=1) @ torch.tensor([1.0, 0.0])
     torch.testing.assert_close(s, torch.stack([(sims[0] / 0.5).exp(), (sims[1] / 0.5).exp()])[None])
 
 
 def test_combine_mean_and_concat_dims():
     a, b = torch.randn(6, 32), torch.randn(6, 32)
-    s = ev.settings_from({"slow": a, "fast": b}, "mean")
+    s = probe.settings_from({"slow": a, "fast": b}, "mean")
     assert list(s) == ["slow", "fast", "slow_fast"] and s["slow_fast"].shape == (6, 32)
     torch.testing.assert_close(s["slow_fast"], (a + b) / 2)
-    s = ev.settings_from({"slow": a, "fast": b}, "concat")
+    s = probe.settings_from({"slow": a, "fast": b}, "concat")
     assert s["slow_fast"].shape == (6, 64) and torch.equal(s["slow_fast"][:, 32:], b)
     with pytest.raises(ValueError, match="concat"):
-        ev.combine([a, torch.randn(6, 16)], "mean")
-    assert ev.settings_from({"slow": a}, "mean").keys() == {"slow"}
+        probe.combine([a, torch.randn(6, 16)], "mean")
+    assert probe.settings_from({"slow": a}, "mean").keys() == {"slow"}
 
 
 def _feature_files(tmp_path, run_id="run-x"):
@@ -366,7 +383,7 @@ def _feature_files(tmp_path, run_id="run-x"):
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 10))
         paths = [f"{split}/{i}.mp4" for i in range(len(y))]
         for name, f in (("slow", x), ("fast", noise)):
-            out[(split, name)] = ev.save_features(
+            out[(split, name)] = features.save_features(
                 tmp_path / f"{split}_{name}.pt",
                 {"features": f, "view_features": f[:, None].half(), "labels": y, "paths": paths},
                 {"geometry": {"name": name}, "backbone": {"sha256": "abc"}, "mlflow_run_id": run_id})
@@ -401,7 +418,7 @@ def test_probe_cli_outputs_and_determinism(tmp_path, capsys):
     assert (tmp_path / "a" / "results.md").read_text().startswith("| setting |")
     # the seed drives the probe: same seed, same head; another seed, another head
     x, y = clusters(20, classes=4)
-    h1, h2, h3 = (ev.train_linear(x, y, 4, ev.ProbeConfig(epochs=3, batch_size=16, seed=s))
+    h1, h2, h3 = (probe.train_linear(x, y, 4, probe.ProbeConfig(epochs=3, batch_size=16, seed=s))
                   for s in (0, 0, 1))
     assert torch.equal(h1.weight, h2.weight) and not torch.equal(h1.weight, h3.weight)
 
@@ -459,7 +476,7 @@ def test_comparison_table(tmp_path):
     def m(lin, knn):
         return {s: {"linear": {"top1": lin + i / 100, "top5": 1.0}, "knn": {"top1": knn, "top5": 1.0}}
                 for i, s in enumerate(("slow_fast", "slow", "fast"))}
-    text = ev.format_table({"random": m(0.1, 0.2), "pretrained": m(0.8, 0.9)})
+    text = table_mod.format_table({"random": m(0.1, 0.2), "pretrained": m(0.8, 0.9)})
     lines = text.splitlines()
     assert lines[0] == ("| backbone | slow linear | slow kNN | fast linear | fast kNN | "
                         "slow-fast linear | slow-fast kNN |")
@@ -468,9 +485,9 @@ def test_comparison_table(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps(m(0.1, 0.2)))
     online = {"slow": {"linear": {"top1": 0.5, "top5": 1.0}}}  # online mode has no kNN
     (tmp_path / "p.json").write_text(json.dumps(online))
-    res = subprocess.run([sys.executable, "-m", "svt.probe", "--table", f"random={tmp_path / 'r.json'}",
-                          "--table", f"pretrained={tmp_path / 'p.json'}",
-                          "--table-out", str(tmp_path / "t" / "table.md")],
+    res = subprocess.run([sys.executable, "-m", "svt.table", "--row", f"random={tmp_path / 'r.json'}",
+                          "--row", f"pretrained={tmp_path / 'p.json'}",
+                          "--out", str(tmp_path / "t" / "table.md")],
                          capture_output=True, text=True, check=True)
     assert "| pretrained | 50.0 | - | - | - | - | - |" in res.stdout
     assert (tmp_path / "t" / "table.md").read_text().strip() == res.stdout.strip()
@@ -502,9 +519,9 @@ def test_adapt_features_probe_chain_on_real_videos(teacher, videos, tmp_path):
         metrics[kind] = out_dir / "metrics.json"
         m = json.loads(metrics[kind].read_text())
         assert m["slow_fast"]["knn"]["top1"] >= 0.8, m
-    assert probe.main(["--table", f"random={metrics['random']}", "--table",
-                       f"pretrained={metrics['pretrained']}", "--table-out",
-                       str(tmp_path / "table.md")]) == 0
+    assert table_mod.main(["--row", f"random={metrics['random']}", "--row",
+                           f"pretrained={metrics['pretrained']}", "--out",
+                           str(tmp_path / "table.md")]) == 0
     assert "| random init |" in (tmp_path / "table.md").read_text()
 
 

@@ -54,7 +54,7 @@ def data(tmp_path_factory):
              progress=False)
     assert index_main(["--format", "ucf101", "--root", str(root / "raw" / "videos"),
                        "--annotations", str(root / "raw" / "splits"), "--out-dir", str(root)]) == 0
-    decode_main(["shard", "--index", str(root / "index.csv"), "--raw-root", str(root / "raw" / "videos"),
+    decode_main(["--index", str(root / "index.csv"), "--raw-root", str(root / "raw" / "videos"),
                  "--videos-dir", str(root / "videos"), "--shard", "0", "--num-shards", "1",
                  "--short-side", "36", "--jobs", "2", "--out", str(root / "all.csv")])
     rows = list(csv.DictReader(open(root / "all.csv")))

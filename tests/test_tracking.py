@@ -268,6 +268,7 @@ def test_data_run_with_hostile_reject_reasons_and_splits_has_every_metric(tmp_pa
     import json
 
     from conftest import make_video
+    from svt import data_report
     from svt.decode import main as decode_main
     from svt.manifest import IndexRow, write_rows
 
@@ -280,11 +281,11 @@ def test_data_run_with_hostile_reject_reasons_and_splits_has_every_metric(tmp_pa
             IndexRow("short.mp4", 0, "x", "train"), IndexRow("empty.mp4", 0, "x", "train"),
             IndexRow("missing.mp4", 0, "x", "train")]
     write_rows(tmp_path / "index.csv", rows, IndexRow)
-    assert decode_main(["shard", "--index", str(tmp_path / "index.csv"), "--raw-root", str(raw),
+    assert decode_main(["--index", str(tmp_path / "index.csv"), "--raw-root", str(raw),
                         "--videos-dir", str(tmp_path / "videos"), "--shard", "0", "--num-shards", "1",
                         "--short-side", "48", "--min-frames", "16", "--out", str(tmp_path / "s.csv")]) == 0
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert decode_main(["report", "--shards", str(tmp_path / "s.csv"), "--rejects", str(tmp_path / "rejects.csv"),
+    assert data_report.main(["--shards", str(tmp_path / "s.csv"), "--rejects", str(tmp_path / "rejects.csv"),
                         "--summary", str(tmp_path / "summary.json"), "--tracking-uri", uri,
                         "--experiment", "data"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())

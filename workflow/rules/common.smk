@@ -27,13 +27,13 @@ def stage_hash(obj) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def source_hash(*modules: str) -> str:
-    """Hash of the code of `svt.<module>` files, passed as a rule param so that editing a
-    step's code reruns it (Snakemake hashes only the shell string of `python -m` calls)."""
-    h = hashlib.sha256()
-    for m in modules:
-        h.update((REPO / "svt" / f"{m}.py").read_bytes())
-    return h.hexdigest()[:12]
+def code_hash(entry: str) -> str:
+    """Hash of the svt modules ``python -m <entry>`` imports (svt.code_hash), passed as a rule
+    param so that editing a step's code reruns that step and what depends on it, and nothing
+    else (Snakemake hashes only the shell string of `python -m` calls)."""
+    from svt.code_hash import code_hash as imported_code_hash
+
+    return imported_code_hash(entry, REPO / "svt")  # this checkout's code, wherever svt is installed
 
 
 # ---- datasets ---------------------------------------------------------------------------
@@ -408,6 +408,9 @@ def adapt_args(wildcards, input) -> str:
         args = ["--backbone", input.backbone]
         if wildcards.kind == "imported":
             args += ["--model-json", model]
+    # the normalisation pretraining uses; a backbone that stores its own keeps that one
+    norm = [str(float(v)) for k in ("mean", "std") for v in config["augment"][k]]
+    args += ["--mean", *norm[:3], "--std", *norm[3:]]
     return shlex.join(args + geometries())
 
 

@@ -19,7 +19,7 @@ rule curate:
     params:
         args=curate_args,
         out_dir=lambda wc, output: Path(output.manifest).parent,
-        code=source_hash("curate", "fft", "loader"),
+        code=code_hash("svt.curate"),
     threads: 2
     resources:
         **cluster_resources(),

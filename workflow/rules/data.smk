@@ -14,8 +14,7 @@ rule index:
         classes=f"{DATA}/classes.txt",
     params:
         args=index_args,
-        code=source_hash("index", "manifest", *(f"datasets/{m}" for m in (
-            "__init__", "ucf101", "hmdb51", "kinetics", "ssv2", "csv_list", "folder"))),
+        code=code_hash("svt.index"),
         out_dir=lambda wc, output: Path(output.index).parent,
     log:
         f"{DATA_LOGS}/index.log",
@@ -34,7 +33,7 @@ rule decode_shard:
         rejects=f"{DATA}/shards/{{shard}}.rejects.csv",
     params:
         args=decode_args,
-        code=source_hash("decode", "video", "manifest"),
+        code=code_hash("svt.decode"),
         videos=f"{DATA}/videos",
     threads: config["decode"]["threads"]
     retries: 2  # a shard lost to the scheduler or a node is redone alone; finished videos are kept
@@ -47,13 +46,14 @@ rule decode_shard:
     conda:
         "../../envs/video.yaml"
     shell:
-        "python -m svt.decode shard --index {input.index:q} --videos-dir {params.videos:q}"
+        "python -m svt.decode --index {input.index:q} --videos-dir {params.videos:q}"
         " --shard {wildcards.shard} --jobs {threads} {params.args} --out {output.manifest:q}"
         " > {log:q} 2>&1"
 
 
 rule decode_report:
-    """Merge shard rejects into rejects.csv and count videos per split and reject reason."""
+    """Merge shard rejects into rejects.csv and count videos per split and reject reason (read
+    by people and MLflow, by no later rule)."""
     input:
         shard_manifests,
     output:
@@ -62,14 +62,14 @@ rule decode_report:
         summary=report(f"{DATA}/summary.json", category="data", subcategory="{dataset}",
                        caption="../report/data_summary.rst"),
     params:
-        code=source_hash("decode", "manifest"),
+        code=code_hash("svt.data_report"),
         track=tracking_args("decode_report"),
     log:
         f"{DATA_LOGS}/report.log",
     conda:
         "../../envs/video.yaml"
     shell:
-        "python -m svt.decode report --shards {input:q} --rejects {output.rejects:q}"
+        "python -m svt.data_report --shards {input:q} --rejects {output.rejects:q}"
         " --summary {output.summary:q} --run-name data/{wildcards.dataset:q} {params.track}"
         " > {log:q} 2>&1"
 
@@ -78,18 +78,15 @@ rule manifest:
     """Write the manifest of one split; fail when too many videos were rejected."""
     input:
         shards=shard_manifests,
-        summary=f"{DATA}/summary.json",
-        rejects=f"{DATA}/rejects.csv",
     output:
         f"{DATA}/manifest/{{split}}.csv",
     params:
         max_reject=config["decode"]["max_reject_fraction"],
-        code=source_hash("decode", "manifest"),
+        code=code_hash("svt.data_manifest"),
     log:
         f"{DATA_LOGS}/manifest-{{split}}.log",
     conda:
         "../../envs/video.yaml"
     shell:
-        "python -m svt.decode manifest --shards {input.shards:q} --split {wildcards.split}"
-        " --summary {input.summary:q} --rejects {input.rejects:q}"
+        "python -m svt.data_manifest --shards {input.shards:q} --split {wildcards.split}"
         " --max-reject-fraction {params.max_reject} --out {output:q} > {log:q} 2>&1"

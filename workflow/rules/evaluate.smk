@@ -27,7 +27,7 @@ rule adapt:
         f"{EVAL}/adapted.pth",
     params:
         args=adapt_args,
-        code=source_hash("adapt", "evaluate", "model", "posembed"),
+        code=code_hash("svt.adapt"),
     resources:
         **cluster_resources(),
         mem_mb=8192,
@@ -52,7 +52,7 @@ rule features:
         clips=config["evaluate"]["clips"],
         crops=config["evaluate"]["crops"],
         decoder=config["pretrain"]["decoder"],
-        code=source_hash("features", "evaluate", "model", "loader"),
+        code=code_hash("svt.features"),
     wildcard_constraints:
         split="train|test",
         geom="slow|fast",
@@ -91,7 +91,7 @@ rule probe:
         seed=config["optim"]["seed"],
         track=tracking_args("probe"),
         run=run_json_args,
-        code=source_hash("probe", "evaluate"),
+        code=code_hash("svt.probe"),
     resources:
         **cluster_resources(),
         mem_mb=8192,
@@ -119,11 +119,12 @@ rule eval_table:
         report(f"{RESULTS}/evaluate/table-{{thash}}/probe-{{phash}}/table.md", category="evaluation",
                caption="../report/table.rst"),
     params:
-        rows=lambda wc, input: shlex.join(f"--table={name}={path}" for name, path in input.items()),
+        rows=lambda wc, input: shlex.join(f"--row={name}={path}" for name, path in input.items()),
         track=tracking_args("eval_table"),
+        code=code_hash("svt.table"),
     log:
         f"{LOGS}/evaluate/table-{{thash}}/probe-{{phash}}.log",
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m svt.probe {params.rows} --table-out {output:q} {params.track} 2>&1 | tee {log:q}"
+        "python -m svt.table {params.rows} --out {output:q} {params.track} 2>&1 | tee {log:q}"

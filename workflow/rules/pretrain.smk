@@ -21,8 +21,7 @@ rule pretrain:
         knn=knn_args,
         track=tracking_args("pretrain"),
         mlflow="--log-checkpoint" if config["tracking"]["log_checkpoints"] else "",
-        code=source_hash("pretrain", "model", "posembed", "views", "loss", "loader", "checkpoint",
-                         "evaluate", "launch"),
+        code=code_hash("svt.pretrain"),  # svt.launch only starts it
     threads: config["pretrain"]["devices_per_node"] * (config["pretrain"]["num_workers"] + 1)
     resources:
         **pretrain_resources(),  # nodes, GPUs per node, CPUs per GPU, memory, runtime
