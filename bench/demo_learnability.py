@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from svt import demo_data as dd  # noqa: E402
 from svt.config import merged  # noqa: E402
-from svt import eval_views as evv, probe  # noqa: E402
+from svt import eval_views as evv, probe as probe_mod  # noqa: E402
 from svt.loss import (SVTLoss, apply_schedules, cancel_last_layer_gradients,  # noqa: E402
                       clip_gradients, optim_schedules, param_groups, update_teacher)
 from svt.pretrain import build_nets  # noqa: E402
@@ -127,11 +127,11 @@ def features(model, videos, frames: int, size: int, norm: dict) -> torch.Tensor:
 def probe(model, videos, labels, test, geometries, classes, cfg) -> dict[str, tuple]:
     """Linear probe and kNN top-1 (%) per setting, exactly as svt.probe computes them."""
     ec = cfg["evaluate"]
-    probe_cfg = probe.ProbeConfig(epochs=ec["probe_epochs"], lr=ec["probe_lr"], batch_size=ec["probe_batch_size"],
+    probe_cfg = probe_mod.ProbeConfig(epochs=ec["probe_epochs"], lr=ec["probe_lr"], batch_size=ec["probe_batch_size"],
                                momentum=ec["probe_momentum"], seed=cfg["optim"]["seed"])
     norm = {"mean": cfg["augment"]["mean"], "std": cfg["augment"]["std"]}  # as pretraining's views
     feats = {name: features(model, videos, f, s, norm) for name, (f, s) in geometries.items()}
-    results = probe.evaluate_settings({k: f[~test] for k, f in feats.items()}, labels[~test],
+    results = probe_mod.evaluate_settings({k: f[~test] for k, f in feats.items()}, labels[~test],
                                    {k: f[test] for k, f in feats.items()}, labels[test], classes,
                                    probe_cfg, ec["combine"], ec["knn_k"], ec["knn_temperature"])
     return {s: (100 * r["linear"]["top1"], 100 * r["knn"]["top1"]) for s, r in results.items()}

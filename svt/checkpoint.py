@@ -11,37 +11,21 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from svt.atomic import atomic_write
+
 LAST = "last.pth"
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-    """``write(f)`` into a temporary file beside ``path``, flushed to disk, then renamed over
-    ``path``: readers and a kill at any moment see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    return write_atomic(path, lambda f: torch.save(obj, f))
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    return write_atomic(path, lambda f: f.write(text.encode()))
+    """torch.save through svt.atomic: a kill leaves the previous file or the new one."""
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:

@@ -68,6 +68,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from svt.atomic import atomic_write, write_text_atomic
 from svt.fft import correlate, next_fast_len
 from svt.loader import BACKENDS, VideoDecodeError, read_frames
 from svt.manifest import ManifestRow, read_rows, write_rows
@@ -692,12 +693,10 @@ def _tsv_cell(value) -> str:
 
 
 def write_tsv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
+    with atomic_write(path, newline="") as f:
         f.write("\t".join(header) + "\n")
         for row in rows:
             f.write("\t".join(_tsv_cell(v) for v in row) + "\n")
-    os.replace(tmp, path)
 
 
 def _plot_motion(path: Path, motion: dict[str, list[float]], threshold: float, static_on: bool) -> None:
@@ -795,9 +794,7 @@ def _log_to_mlflow(args, out_dir: Path, files: list[Path], metrics: dict[str, fl
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -7,10 +7,10 @@ in label order). A missing or malformed dataset exits with status 2 and the reas
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from svt.atomic import write_text_atomic
 from svt.datasets import FORMATS, VIDEO_EXTENSIONS, DatasetError, load_index
 from svt.manifest import IndexRow, write_rows
 
@@ -36,9 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out_dir)
     write_rows(out / "index.csv", index.rows, IndexRow)
-    tmp = out / f".classes.txt.tmp{os.getpid()}"
-    tmp.write_text("".join(f"{name}\n" for name in index.classes), encoding="utf-8")
-    os.replace(tmp, out / "classes.txt")
+    write_text_atomic(out / "classes.txt", "".join(f"{name}\n" for name in index.classes))
     counts = ", ".join(f"{s}: {sum(r.split == s for r in index.rows)}" for s in index.splits())
     print(f"indexed {len(index.rows)} videos in {len(index.classes)} classes ({counts})")
     return 0

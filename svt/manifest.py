@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from svt.atomic import atomic_write
+
 SPLITS = ("train", "val", "test")
 
 
@@ -59,15 +61,11 @@ def _columns(cls) -> list[str]:
 
 def write_rows(path: str | os.PathLike, rows: Iterable, cls) -> None:
     """Write dataclass rows to ``path`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=_columns(cls))
         writer.writeheader()
         for row in rows:
             writer.writerow(asdict(row))
-    os.replace(tmp, path)
 
 
 def read_rows(path: str | os.PathLike, cls) -> list:

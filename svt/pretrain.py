@@ -23,7 +23,9 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -297,20 +299,75 @@ def mlflow_curves(row: dict, loss_cfg: dict) -> dict[str, float]:
     return out
 
 
-def train(args: argparse.Namespace) -> int:
+@dataclass
+class Run:
+    """What one training process holds between the phases of ``train`` (DINO's main_dino
+    keeps these as locals of one long function)."""
+
+    args: argparse.Namespace
+    cfg: dict
+    rank: int
+    world: int
+    device: torch.device
+    out_dir: Path
+    ckpt_dir: Path
+    augment: SVTAugment
+    dataset: VideoDataset
+    sampler: EpochSampler
+    collate: object
+    loader: torch.utils.data.DataLoader
+    student: MultiViewModel
+    teacher: MultiViewModel
+    ddp_student: nn.Module
+    loss_fn: SVTLoss
+    optimizer: torch.optim.Optimizer
+    autocast: object
+    scaler: torch.amp.GradScaler
+    schedules: tuple  # per-iteration lr, weight decay, teacher momentum
+    iters: int  # steps per epoch
+    limit: int  # the step this process stops at (max_steps or the whole schedule)
+    inputs: str  # fingerprint of config and data: a checkpoint of other inputs is not resumed
+    step: int = 0
+    run_id: str | None = None
+    tracker: Tracker | None = None
+
+    @property
+    def main_rank(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.out_dir / "metrics.csv"
+
+
+METRIC_FIELDS = ["step", "epoch", "loss", "lr", "wd", "momentum", "teacher_temp", "teacher_entropy",
+                 "grad_norm", "data_time", "step_time", "samples_per_s"]
+
+
+def runtime_config(args: argparse.Namespace) -> dict:
+    """The recipe JSON with the runtime keys; explicit arguments win over its pretrain section."""
     cfg = json.loads(args.config_json)
-    # runtime keys: explicit arguments win over a "pretrain" section in the JSON
     runtime = {k: getattr(args, k) for k in RUNTIME_KEYS if getattr(args, k) is not None}
     cfg["pretrain"] = {**cfg.get("pretrain", {}), **runtime}
     missing = [k for k in RUNTIME_KEYS if k not in cfg["pretrain"]]
     if missing:
         raise SystemExit(f"svt.pretrain: missing runtime settings {missing}: pass "
                          f"{' '.join('--' + k.replace('_', '-') for k in missing)}")
+    return cfg
+
+
+def setup(args: argparse.Namespace) -> Run:
+    """Process group, output folders, data (one decode per video for all ten views), nets,
+    loss, optimiser and schedules."""
+    cfg = runtime_config(args)
     oc, pc = cfg["optim"], cfg["pretrain"]
     rank, world, local, device = init_distributed()
-    main_rank = rank == 0
     out_dir, ckpt_dir = Path(args.out_dir), Path(args.ckpt_dir)
-    if main_rank:
+    if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         # Snakemake empties a rule's log before every attempt: keep all attempts' lines (start,
@@ -319,7 +376,6 @@ def train(args: argparse.Namespace) -> int:
         print(f"--- pretrain attempt started {time.strftime('%Y-%m-%d %H:%M:%S')}", file=sys.stderr)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
-    # data: one decode per video for all ten views
     view_cfg = ViewConfig.from_config(cfg["views"], cfg["augment"])
     augment = SVTAugment(view_cfg)
     dataset = VideoDataset(args.manifest, args.videos_root, SVTClipSampler(view_cfg),
@@ -338,34 +394,38 @@ def train(args: argparse.Namespace) -> int:
         # would make a resumed run diverge from an uninterrupted one
         generator=torch.Generator().manual_seed(oc["seed"]))
 
-    # model, loss, optimiser, schedules; every rank builds the same initial weights (DDP
-    # would broadcast the student, but nothing broadcasts the teacher), then each rank gets
-    # its own random stream (drop-path)
+    # every rank builds the same initial weights (DDP would broadcast the student, but nothing
+    # broadcasts the teacher), then each rank gets its own random stream (drop-path)
     torch.manual_seed(oc["seed"])
     student, teacher = build_nets(cfg, device)
     torch.manual_seed(oc["seed"] + 1 + rank)
     ddp_student = (nn.parallel.DistributedDataParallel(student, device_ids=[local] if on_gpu else None)
                    if world > 1 else student)
-    n_views = len(view_cfg.views)
     n_global = len(cfg["views"]["global_frames"])
-    loss_fn = SVTLoss.from_config(cfg["loss"], n_global, n_views, oc["epochs"]).to(device)
+    loss_fn = SVTLoss.from_config(cfg["loss"], n_global, len(view_cfg.views), oc["epochs"]).to(device)
     optimizer = make_optimizer(student, oc["decay_embeddings"])
     if pc["compile"] == "blocks":
         student.backbone.compile_blocks()
         teacher.backbone.compile_blocks()
     precision, autocast = precision_context(pc["precision"], device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     iters = sampler.batches
     total = oc["epochs"] * iters
-    lr_s, wd_s, mom_s = optim_schedules(oc, oc["epochs"], iters, world)
+    return Run(args=args, cfg=cfg, rank=rank, world=world, device=device, out_dir=out_dir,
+               ckpt_dir=ckpt_dir, augment=augment, dataset=dataset, sampler=sampler,
+               collate=collate, loader=loader, student=student, teacher=teacher,
+               ddp_student=ddp_student, loss_fn=loss_fn, optimizer=optimizer, autocast=autocast,
+               scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+               schedules=optim_schedules(oc, oc["epochs"], iters, world), iters=iters,
+               limit=min(total, args.max_steps) if args.max_steps else total,
+               inputs=inputs_fingerprint(args.manifest, args.videos_root, cfg))
 
-    # resume, but only a run of this very config and data: a checkpoint of other inputs is
-    # set aside (never deleted) and training starts over
-    step, run_id = 0, None
-    inputs = inputs_fingerprint(args.manifest, args.videos_root, cfg)
-    last = ckpt.latest(ckpt_dir)
-    if last is not None and ckpt.load(last).get("inputs") != inputs:
-        if main_rank:
+
+def resume_or_start(run: Run) -> None:
+    """Resume from the last checkpoint, but only one of this very config and data: a
+    checkpoint of other inputs is set aside (never deleted) and training starts over."""
+    last = ckpt.latest(run.ckpt_dir)
+    if last is not None and ckpt.load(last).get("inputs") != run.inputs:
+        if run.main_rank:
             stale = last.with_name(f"{last.name}.stale-{int(time.time())}")
             os.replace(last, stale)
             print(f"pretrain: {last} was trained on other data or another config; moved to "
@@ -373,196 +433,262 @@ def train(args: argparse.Namespace) -> int:
         if dist.is_initialized():
             dist.barrier()
         last = None
-    if last is not None:
-        state = ckpt.load(last, map_location=device)
-        student.load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        loss_fn.load_state_dict(state["loss"])
-        step, run_id = state["step"], state["mlflow_run_id"]
-        ckpt.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
-        if main_rank:
-            print(f"resumed from {last} at step {step} (epoch {step // iters})", file=sys.stderr)
+    if last is None:
+        return
+    state = ckpt.load(last, map_location=run.device)
+    run.student.load_state_dict(state["student"])
+    run.teacher.load_state_dict(state["teacher"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.loss_fn.load_state_dict(state["loss"])
+    run.step, run.run_id = state["step"], state["mlflow_run_id"]
+    rngs = state["rng"]
+    ckpt.set_rng_state(rngs[run.rank] if run.rank < len(rngs) else rngs[0])
+    if run.main_rank:
+        print(f"resumed from {last} at step {run.step} (epoch {run.step // run.iters})", file=sys.stderr)
 
-    tracker = Tracker(args.tracking_uri, args.experiment, run_id=run_id,
-                      run_name=args.run_name, enabled=main_rank,
-                      tags={"svt.stage": "pretrain", "svt.out_dir": str(out_dir.resolve()),
-                            "svt.checkpoint_dir": str(ckpt_dir.resolve()), **tracking.parse_tags(args.tag)})
-    if main_rank and run_id is None:
+
+def start_tracking(run: Run) -> None:
+    """The pretraining run in MLflow: a new one with the config as params, or the resumed
+    job's own run, tagged with who resumed it. Rank 0 only; the others get a no-op tracker."""
+    args, cfg = run.args, run.cfg
+    tracker = Tracker(args.tracking_uri, args.experiment, run_id=run.run_id,
+                      run_name=args.run_name, enabled=run.main_rank,
+                      tags={"svt.stage": "pretrain", "svt.out_dir": str(run.out_dir.resolve()),
+                            "svt.checkpoint_dir": str(run.ckpt_dir.resolve()),
+                            **tracking.parse_tags(args.tag)})
+    if run.main_rank and run.run_id is None:
         tracker.log_params(flatten(cfg))
         if cfg["model"].get("init") not in (None, "none"):
             tracker.set_tags({"svt.init_sha256": file_sha256(cfg["model"]["init"])})
-    elif main_rank:  # a resumed job continues its own run; record who resumed it
+    elif run.main_rank:
         ctx = tracking.context_tags()
-        tracker.set_tags({"svt.resumed_at_step": step,
+        tracker.set_tags({"svt.resumed_at_step": run.step,
                           **({"svt.resumed_by_parent": ctx["mlflow.parentRunId"]}
                              if "mlflow.parentRunId" in ctx else {}),
                           **({"svt.slurm_job_id": ctx["svt.slurm_job_id"]}
                              if "svt.slurm_job_id" in ctx else {})})
     tracker.start_system_metrics(args.system_metrics_s)
-    run_id = tracker.run_id
+    run.tracker, run.run_id = tracker, tracker.run_id
 
-    def save(step_now: int) -> None:
-        rngs = [None] * world
-        if world > 1:
-            dist.all_gather_object(rngs, ckpt.rng_state())
-        else:
-            rngs = [ckpt.rng_state()]
-        if main_rank:
-            ckpt.save_atomic({
-                "student": student.state_dict(), "teacher": teacher.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "loss": loss_fn.state_dict(), "step": step_now, "epoch": step_now // iters,
-                "sampler": {"epoch": step_now // iters, "batch": step_now % iters, "seed": oc["seed"]},
-                "rng": rngs, "config": cfg, "mlflow_run_id": run_id, "inputs": inputs,
-            }, ckpt_dir / ckpt.LAST)
 
-    metrics_csv = out_dir / "metrics.csv"
-    fields = ["step", "epoch", "loss", "lr", "wd", "momentum", "teacher_temp", "teacher_entropy",
-              "grad_norm", "data_time", "step_time", "samples_per_s"]
-    if main_rank:
-        # Rows past the checkpoint were computed by a run that died before saving them: drop
-        # them, the resumed run logs those steps again.
-        kept = []
-        if metrics_csv.exists():
-            with open(metrics_csv, newline="") as f:
-                kept = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-        with open(metrics_csv, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(fields)
-            w.writerows([r[k] for k in fields] for r in kept)
+def reset_metrics_csv(run: Run) -> None:
+    """Rows past the checkpoint were computed by a run that died before saving them: drop
+    them, the resumed run logs those steps again."""
+    if not run.main_rank:
+        return
+    kept = []
+    if run.metrics_csv.exists():
+        with open(run.metrics_csv, newline="") as f:
+            kept = [r for r in csv.DictReader(f) if int(r["step"]) <= run.step]
+    with open(run.metrics_csv, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(METRIC_FIELDS)
+        w.writerows([r[k] for k in METRIC_FIELDS] for r in kept)
 
-    stop = StopFlag()
-    limit = min(total, args.max_steps) if args.max_steps else total
-    # a live line on the terminal in local runs; the full lines go on to the log (and train.log)
-    bar = progress.bar(limit, "pretrain", "step", initial=step) if main_rank else None
-    log_t = time.time()
-    preempted = False
-    compiling = pc["compile"] == "blocks"
-    watch = NonFiniteWatch(device, ckpt_dir / ckpt.LAST)
-    stop_vote = stop_voter(stop)
-    log_step, log_wall, t_data_sum = step, time.perf_counter(), 0.0
-    while step < limit:
-        epoch, start_batch = divmod(step, iters)
-        sampler.set_epoch(epoch, start_batch)
-        dataset.set_epoch(epoch)
-        if isinstance(collate, AugmentCollate):
-            collate.epoch = epoch
-        t_end = time.perf_counter()
-        for batch in loader:
-            t_data = time.perf_counter() - t_end
-            it = step  # global iteration index into the schedules
-            # plain floats: numpy scalars in the optimiser state would not pass weights_only loading
-            apply_schedules(optimizer, float(lr_s[it]), float(wd_s[it]))
-            if on_gpu:  # uint8 to the GPU once; crops and jitter run there
-                clips = [c.to(device, non_blocking=True) for c in batch["clips"]]
-                g = torch.Generator().manual_seed(hash((oc["seed"], rank, it)) % 2**63)
-                views = augment.batch(clips, generator=g)
-            else:
-                views = [v.to(device) for v in batch["views"]]
-            with autocast():
-                teacher_out = teacher(views[:n_global])
-                student_out = ddp_student(views)
-                log_now = (it + 1) % pc["log_every"] == 0 or it + 1 == limit  # this step logs
-                loss, stats = loss_fn(student_out, teacher_out, it / iters, with_stats=log_now)
-            watch.update(loss, it)  # no host sync: read where it matters (logs, saves)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = clip_gradients(student, oc["clip_grad"], oc["clip_mode"])
-            cancel_last_layer_gradients(student.head, epoch, oc["freeze_last_layer"])
-            scaler.step(optimizer)
-            scaler.update()
-            update_teacher(student, teacher, float(mom_s[it]))
-            step += 1
-            t_data_sum += t_data
-            if compiling:  # the first step compiled every view shape: say what it cost
-                compiling = False
-                secs = student.backbone.compile_seconds + teacher.backbone.compile_seconds
-                eager = student.backbone._compiled is None or teacher.backbone._compiled is None
-                if main_rank:
-                    print(f"pretrain: compile {'failed, running eager' if eager else 'blocks'}: "
-                          f"{secs:.1f} s in the first step", file=sys.stderr, flush=True)
-                    tracker.log_metrics({"compile_s": secs}, step)
-            if log_now:
-                watch.check(it, iters)
-                loss_value = all_sum([loss.item()], device)[0] / world  # the one sync per log
-            t_end = time.perf_counter()
 
-            if main_rank and log_now:
-                # averages over the steps since the last log: without a sync per step, one
-                # step's wall time is not its own
-                n_steps, t_interval = step - log_step, t_end - log_wall
-                t_step = t_interval / max(n_steps, 1)
-                row = {"step": step, "epoch": it / iters, "loss": loss_value, "lr": lr_s[it],
-                       "wd": wd_s[it], "momentum": mom_s[it], "teacher_temp": stats["teacher_temp"],
-                       "teacher_entropy": stats["teacher_entropy"], "grad_norm": float(grad_norm),
-                       "data_time": t_data_sum / max(n_steps, 1), "step_time": t_step,
-                       "samples_per_s": bs * world / max(t_step, 1e-9)}
-                with open(metrics_csv, "a", newline="") as f:
-                    csv.writer(f).writerow([row[k] for k in fields])
-                tracker.log_metrics(mlflow_curves(row, cfg["loss"]), step)
-                if not progress.on_stderr(bar):
-                    print(f"step {step}/{limit} epoch {row['epoch']:.2f} loss {loss_value:.4f} "
-                          f"lr {row['lr']:.2e} data {row['data_time']:.2f}s step {t_step:.2f}s "
-                          f"({time.time() - log_t:.0f}s)", file=sys.stderr, flush=True)
-            if log_now:
-                log_step, log_wall, t_data_sum = step, t_end, 0.0
-            if bar is not None:
-                bar.update()
-                if log_now:
-                    bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{row['samples_per_s']:.1f}",
-                                    refresh=False)
-            end_of_epoch = step % iters == 0
-            if stop_vote():
-                watch.check(it, iters)
-                save(step)
-                if main_rank:
-                    print(f"pretrain: stop requested; saved step {step}, exiting with "
-                          f"{EXIT_PREEMPTED} to be resumed", file=sys.stderr, flush=True)
-                    tracker.finish("KILLED")
-                preempted = True
-                break
-            if end_of_epoch or step % pc["checkpoint_every"] == 0 or step == limit:
-                watch.check(it, iters)  # never save weights a non-finite loss has touched
-                save(step)
-            if args.knn_every and args.knn_train and (end_of_epoch or step == limit) and (
-                    (step // iters) % args.knn_every == 0 or step == limit):
-                if main_rank:
-                    knn = knn_monitor(teacher.backbone, args, cfg, device)
-                    tracker.log_metrics(knn, step)
-                    print(f"step {step}: kNN top-1 {knn['knn_top1']:.1f}% "
-                          f"top-5 {knn['knn_top5']:.1f}%", file=sys.stderr, flush=True)
-                if dist.is_initialized():
-                    dist.barrier()
-            if step >= limit or end_of_epoch:
-                break
-        if preempted:
+def save_checkpoint(run: Run) -> None:
+    """Everything a resume needs, every rank's RNG states included; written by rank 0."""
+    rngs = [None] * run.world
+    if run.world > 1:
+        dist.all_gather_object(rngs, ckpt.rng_state())
+    else:
+        rngs = [ckpt.rng_state()]
+    if run.main_rank:
+        step, seed = run.step, run.cfg["optim"]["seed"]
+        ckpt.save_atomic({
+            "student": run.student.state_dict(), "teacher": run.teacher.state_dict(),
+            "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+            "loss": run.loss_fn.state_dict(), "step": step, "epoch": step // run.iters,
+            "sampler": {"epoch": step // run.iters, "batch": step % run.iters, "seed": seed},
+            "rng": rngs, "config": run.cfg, "mlflow_run_id": run.run_id, "inputs": run.inputs,
+        }, run.ckpt_dir / ckpt.LAST)
+
+
+def train_step(run: Run, batch: dict, it: int, log_now: bool) -> tuple:
+    """One optimisation step at global iteration ``it``: views, teacher and student forward,
+    backward, clipping, optimiser, EMA. Returns (loss, stats, grad_norm), unsynchronised."""
+    oc = run.cfg["optim"]
+    lr_s, wd_s, mom_s = run.schedules
+    # plain floats: numpy scalars in the optimiser state would not pass weights_only loading
+    apply_schedules(run.optimizer, float(lr_s[it]), float(wd_s[it]))
+    if run.on_gpu:  # uint8 to the GPU once; crops and jitter run there
+        clips = [c.to(run.device, non_blocking=True) for c in batch["clips"]]
+        g = torch.Generator().manual_seed(hash((oc["seed"], run.rank, it)) % 2**63)
+        views = run.augment.batch(clips, generator=g)
+    else:
+        views = [v.to(run.device) for v in batch["views"]]
+    with run.autocast():
+        teacher_out = run.teacher(views[:run.loss_fn.num_global])
+        student_out = run.ddp_student(views)
+        loss, stats = run.loss_fn(student_out, teacher_out, it / run.iters, with_stats=log_now)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.optimizer)
+    grad_norm = clip_gradients(run.student, oc["clip_grad"], oc["clip_mode"])
+    cancel_last_layer_gradients(run.student.head, it // run.iters, oc["freeze_last_layer"])
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    update_teacher(run.student, run.teacher, float(mom_s[it]))
+    return loss, stats, grad_norm
+
+
+@dataclass
+class Logbook:
+    """What the loop carries from step to step for its logs, progress and stop checks."""
+
+    watch: NonFiniteWatch
+    stop_vote: Callable[[], bool]
+    bar: object  # a live progress bar on rank 0, else None
+    compiling: bool  # the first step compiles every view shape (pretrain.compile: blocks)
+    log_step: int  # the step and wall time of the last log: timings average since then
+    log_wall: float = field(default_factory=time.perf_counter)
+    data_time: float = 0.0
+    started: float = field(default_factory=time.time)
+
+
+def report_compile(run: Run) -> None:
+    """After the first step, which compiled every view shape: what it cost."""
+    secs = run.student.backbone.compile_seconds + run.teacher.backbone.compile_seconds
+    eager = run.student.backbone._compiled is None or run.teacher.backbone._compiled is None
+    if run.main_rank:
+        print(f"pretrain: compile {'failed, running eager' if eager else 'blocks'}: "
+              f"{secs:.1f} s in the first step", file=sys.stderr, flush=True)
+        run.tracker.log_metrics({"compile_s": secs}, run.step)
+
+
+def log_step(run: Run, book: Logbook, it: int, loss_value: float, stats: dict, grad_norm) -> None:
+    """metrics.csv, MLflow and the log line (or the live bar): averages over the steps since
+    the last log, since without a sync per step one step's wall time is not its own."""
+    now = time.perf_counter()
+    n_steps = max(run.step - book.log_step, 1)
+    t_step = (now - book.log_wall) / n_steps
+    lr_s, wd_s, mom_s = run.schedules
+    row = {"step": run.step, "epoch": it / run.iters, "loss": loss_value, "lr": lr_s[it],
+           "wd": wd_s[it], "momentum": mom_s[it], "teacher_temp": stats["teacher_temp"],
+           "teacher_entropy": stats["teacher_entropy"], "grad_norm": float(grad_norm),
+           "data_time": book.data_time / n_steps, "step_time": t_step,
+           "samples_per_s": run.cfg["optim"]["batch_size_per_gpu"] * run.world / max(t_step, 1e-9)}
+    book.log_step, book.log_wall, book.data_time = run.step, now, 0.0
+    if not run.main_rank:
+        return
+    with open(run.metrics_csv, "a", newline="") as f:
+        csv.writer(f).writerow([row[k] for k in METRIC_FIELDS])
+    run.tracker.log_metrics(mlflow_curves(row, run.cfg["loss"]), run.step)
+    if not progress.on_stderr(book.bar):
+        print(f"step {run.step}/{run.limit} epoch {row['epoch']:.2f} loss {loss_value:.4f} "
+              f"lr {row['lr']:.2e} data {row['data_time']:.2f}s step {t_step:.2f}s "
+              f"({time.time() - book.started:.0f}s)", file=sys.stderr, flush=True)
+    if book.bar is not None:
+        book.bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{row['samples_per_s']:.1f}",
+                             refresh=False)
+
+
+def after_step(run: Run, book: Logbook, it: int) -> bool:
+    """Stop requests, checkpoints and the kNN monitor at a step's end. True: stopped on
+    request (saved; exit EXIT_PREEMPTED for the scheduler's retry to resume)."""
+    args, step, iters = run.args, run.step, run.iters
+    end_of_epoch = step % iters == 0
+    if book.stop_vote():
+        book.watch.check(it, iters)
+        save_checkpoint(run)
+        if run.main_rank:
+            print(f"pretrain: stop requested; saved step {step}, exiting with "
+                  f"{EXIT_PREEMPTED} to be resumed", file=sys.stderr, flush=True)
+            run.tracker.finish("KILLED")
+        return True
+    if end_of_epoch or step % run.cfg["pretrain"]["checkpoint_every"] == 0 or step == run.limit:
+        book.watch.check(it, iters)  # never save weights a non-finite loss has touched
+        save_checkpoint(run)
+    if args.knn_every and args.knn_train and (end_of_epoch or step == run.limit) and (
+            (step // iters) % args.knn_every == 0 or step == run.limit):
+        if run.main_rank:
+            knn = knn_monitor(run.teacher.backbone, args, run.cfg, run.device)
+            run.tracker.log_metrics(knn, step)
+            print(f"step {step}: kNN top-1 {knn['knn_top1']:.1f}% "
+                  f"top-5 {knn['knn_top5']:.1f}%", file=sys.stderr, flush=True)
+        if dist.is_initialized():
+            dist.barrier()
+    return False
+
+
+def train_one_epoch(run: Run, book: Logbook) -> bool:
+    """The rest of the current epoch (from the sampler's position on a resume), or up to the
+    step limit. True: stopped on request."""
+    epoch, start_batch = divmod(run.step, run.iters)
+    run.sampler.set_epoch(epoch, start_batch)
+    run.dataset.set_epoch(epoch)
+    if isinstance(run.collate, AugmentCollate):
+        run.collate.epoch = epoch
+    t_end = time.perf_counter()
+    for batch in run.loader:
+        book.data_time += time.perf_counter() - t_end
+        it = run.step  # global iteration index into the schedules
+        log_now = (it + 1) % run.cfg["pretrain"]["log_every"] == 0 or it + 1 == run.limit
+        loss, stats, grad_norm = train_step(run, batch, it, log_now)
+        book.watch.update(loss, it)  # no host sync: read where it matters (logs, saves)
+        run.step += 1
+        if book.compiling:
+            book.compiling = False
+            report_compile(run)
+        if log_now:
+            book.watch.check(it, run.iters)
+            loss_value = all_sum([loss.item()], run.device)[0] / run.world  # the one sync per log
+            log_step(run, book, it, loss_value, stats, grad_norm)
+        if book.bar is not None:
+            book.bar.update()
+        if after_step(run, book, it):
+            return True
+        if run.step >= run.limit or run.step % run.iters == 0:
             break
+        t_end = time.perf_counter()
+    return False
+
+
+def export(run: Run) -> None:
+    """The product of pretraining: the teacher backbone with its model config and the input
+    normalisation it was trained with; curves and config to MLflow, checkpoints linked."""
+    cfg, out_dir, tracker = run.cfg, run.out_dir, run.tracker
+    backbone = out_dir / "teacher_backbone.pth"
+    ckpt.save_atomic({"state_dict": run.teacher.backbone.state_dict(), "model": cfg["model"],
+                      "pretrained_cfg": pretrained_cfg(run.teacher.backbone, cfg["augment"]["mean"],
+                                                       cfg["augment"]["std"]),
+                      "step": run.step, "mlflow_run_id": run.run_id}, backbone)
+    write_curves(run.metrics_csv, out_dir / "curves.png")
+    for name in ("config.yaml", "curves.png", "metrics.csv"):
+        tracker.log_artifact(out_dir / name)
+    # checkpoints are linked (path and hash); copying them into the store is opt-in
+    tracker.set_tags({"svt.teacher_backbone": str(backbone.resolve()),
+                      "svt.teacher_backbone_sha256": file_sha256(backbone),
+                      "svt.last_checkpoint": str((run.ckpt_dir / ckpt.LAST).resolve())})
+    if run.args.log_checkpoint:
+        tracker.log_artifact(backbone, "checkpoints")
+    tracker.finish()
+    (out_dir / "run.json").write_text(json.dumps({"mlflow_run_id": run.run_id, "steps": run.step}) + "\n")
+
+
+def train(args: argparse.Namespace) -> int:
+    run = setup(args)
+    resume_or_start(run)
+    start_tracking(run)
+    reset_metrics_csv(run)
+    stop = StopFlag()
+    # a live line on the terminal in local runs; the full lines go on to the log (and train.log)
+    bar = progress.bar(run.limit, "pretrain", "step", initial=run.step) if run.main_rank else None
+    book = Logbook(watch=NonFiniteWatch(run.device, run.ckpt_dir / ckpt.LAST),
+                   stop_vote=stop_voter(stop), bar=bar,
+                   compiling=run.cfg["pretrain"]["compile"] == "blocks", log_step=run.step)
+    preempted = False
+    while run.step < run.limit and not preempted:
+        preempted = train_one_epoch(run, book)
     if bar is not None:
         bar.close()
-
-    if main_rank and not preempted:  # exports: the teacher backbone is the product of pretraining
-        ckpt.save_atomic({"state_dict": teacher.backbone.state_dict(), "model": cfg["model"],
-                          "pretrained_cfg": pretrained_cfg(teacher.backbone, cfg["augment"]["mean"],
-                                                           cfg["augment"]["std"]),
-                          "step": step, "mlflow_run_id": run_id}, out_dir / "teacher_backbone.pth")
-        write_curves(metrics_csv, out_dir / "curves.png")
-        for name in ("config.yaml", "curves.png", "metrics.csv"):
-            tracker.log_artifact(out_dir / name)
-        # checkpoints are linked (path and hash); copying them into the store is opt-in
-        tracker.set_tags({"svt.teacher_backbone": str((out_dir / "teacher_backbone.pth").resolve()),
-                          "svt.teacher_backbone_sha256": file_sha256(out_dir / "teacher_backbone.pth"),
-                          "svt.last_checkpoint": str((ckpt_dir / ckpt.LAST).resolve())})
-        if args.log_checkpoint:
-            tracker.log_artifact(out_dir / "teacher_backbone.pth", "checkpoints")
-        tracker.finish()
-        (out_dir / "run.json").write_text(json.dumps({"mlflow_run_id": run_id, "steps": step}) + "\n")
+    if run.main_rank and not preempted:
+        export(run)
     if dist.is_initialized():
         # Drop DDP's reducer while the process group is alive: freeing it afterwards, at
         # return, deadlocks gloo's worker thread (it needs the GIL the main thread holds).
-        del ddp_student
+        run.ddp_student = None
         dist.barrier()
         dist.destroy_process_group()
     return EXIT_PREEMPTED if preempted else 0

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from svt import tracking
+from svt.atomic import write_text_atomic
 from svt.adapt import load_adapted, model_for_geometry
 from svt.config import parse_named
 from svt.eval_views import progress_bar, autocast_for, extract_features, resolve_device
@@ -218,9 +218,7 @@ def write_outputs(results: Mapping, class_names: Sequence[str], out_dir) -> dict
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = metrics_json(results)
-    tmp = out_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, out_dir / "metrics.json")
+    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     for s, r in results.items():
         if "confusion" in r.get("linear", {}):
             plot_confusion(r["linear"]["confusion"], class_names, out_dir / f"confusion_{s}.png",

@@ -19,7 +19,7 @@ LATEST = "latest.json"
 def write_latest(path: Path, outputs: dict[str, list[str] | str], tracking_uri: str,
                  config_files: list[str]) -> dict:
     """Record the outputs of a finished invocation (atomically: a reader never sees half)."""
-    from svt.checkpoint import write_text_atomic  # torch: not needed to print the record
+    from svt.atomic import write_text_atomic
 
     record = {"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "config_files": config_files,
               "tracking_uri": tracking_uri, "outputs": outputs}

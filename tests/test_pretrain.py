@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from svt import pretrain
 from svt.decode import main as decode_main
 from svt.demo_data import generate
 from svt.index import main as index_main
@@ -99,9 +100,23 @@ def test_trains_exports_and_logs(data, tmp_path):
     assert run_.info.status == "FINISHED"
     assert run_.data.params["optim.lr"] == "0.0005"
     assert len(client.get_metric_history(run_id, "train/loss")) == 12
-    for key in ("lr", "wd", "momentum", "teacher_temp", "teacher_entropy", "grad_norm",
-                "data_time", "step_time", "samples_per_s"):
+    for key in ("train/lr", "train/wd", "train/momentum", "train/teacher_entropy", "grad_norm",
+                "epoch", "data_time", "step_time", "samples_per_s"):
         assert key in run_.data.metrics
+
+
+def test_mlflow_names_put_the_training_curves_first():
+    """MLflow's run page shows prefixed sections first, charts in name order: loss, lr, ..."""
+    row = {"step": 3, "epoch": 0.5, "loss": 2.0, "lr": 1e-4, "wd": 0.04, "momentum": 0.996,
+           "teacher_temp": 0.04, "teacher_entropy": 3.0, "grad_norm": 1.5, "data_time": 0.1,
+           "step_time": 0.5, "samples_per_s": 16.0}
+    flat = {"warmup_teacher_temp_epochs": 0, "warmup_teacher_temp": 0.04, "teacher_temp": 0.04}
+    names = pretrain.mlflow_curves(row, flat)
+    assert sorted(k for k in names if k.startswith("train/"))[:2] == ["train/loss", "train/lr"]
+    assert "train/teacher_temp" not in names and "step" not in names  # a constant is a param
+    assert names["grad_norm"] == 1.5 and names["train/loss"] == 2.0
+    warm = {**flat, "warmup_teacher_temp_epochs": 2, "warmup_teacher_temp": 0.02}
+    assert pretrain.mlflow_curves(row, warm)["train/teacher_temp"] == 0.04
 
 
 def test_resume_after_stop_is_identical_to_an_uninterrupted_run(data, tmp_path):
