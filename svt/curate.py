@@ -68,6 +68,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from svt import tracking
 from svt.atomic import atomic_write, write_text_atomic
 from svt.fft import correlate, next_fast_len
 from svt.loader import BACKENDS, VideoDecodeError, read_frames
@@ -769,28 +770,11 @@ def _plot_duplicates(path: Path, records: list[dict], results: list[VideoResult]
 
 
 def _log_to_mlflow(args, out_dir: Path, files: list[Path], metrics: dict[str, float]) -> None:
-    if not args.tracking_uri:
-        return
-    from svt.tracking import Tracker, parse_tags
-
-    prior = None
-    if args.run_id:
-        try:  # attaching marks the run RUNNING; its status is put back afterwards
-            from mlflow.tracking import MlflowClient
-
-            prior = MlflowClient(tracking_uri=args.tracking_uri).get_run(args.run_id).info.status
-        except Exception as err:
-            log.warning("cannot read MLflow run %s: %s", args.run_id, err)
-    tracker = Tracker(args.tracking_uri, args.experiment, run_id=args.run_id, run_name="curate",
-                      tags={"svt.stage": "curate", "svt.out_dir": str(out_dir),
-                            **parse_tags(args.tag)})
+    tracker = tracking.stage_run(args, "curate", tags={"svt.out_dir": str(out_dir)})
     tracker.log_metrics(metrics, step=0)
     for f in files:
         tracker.log_artifact(f, "curation")
-    if args.run_id is None:
-        tracker.finish()
-    elif prior and prior != "RUNNING":
-        tracker.finish(prior)
+    tracker.finish()  # an attached run (--run-id) gets its status back
 
 
 def _write_json(path: Path, obj) -> None:
@@ -833,12 +817,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--decoder", choices=BACKENDS, default="torchcodec")
     ap.add_argument("--jobs", type=_positive(int), default=1,
                     help="videos decoded in parallel (worker processes; default 1)")
-    ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: no logging)")
-    ap.add_argument("--experiment", default="svt-curate", help="MLflow experiment for a new run")
-    ap.add_argument("--run-id", default=None, help="log into this existing MLflow run instead")
-    ap.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
-                    help="tag of the MLflow run this step creates; repeat")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tracking.add_arguments(ap, experiment="svt-curate", run_name="curate")
     return ap
 
 

@@ -34,8 +34,7 @@ def log_report(stats: dict, rejects: Path, summary: Path, a: argparse.Namespace)
     list of rejected videos. Tracking trouble only warns (svt.tracking.Tracker)."""
     if not a.tracking_uri:
         return
-    t = tracking.Tracker(a.tracking_uri, a.experiment, run_name=a.run_name,
-                         tags={"svt.stage": "data", **tracking.parse_tags(a.tag)})
+    t = tracking.stage_run(a, "data")
     metrics = {k: stats[k] for k in ("videos", "kept", "rejected", "reject_fraction", "frames", "hours")}
     metrics.update({f"kept/{k}": v for k, v in stats["kept_per_split"].items()})
     metrics.update({f"rejected/{k}": v for k, v in stats["rejected_per_reason"].items()})
@@ -51,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=Path, nargs="+", required=True, help="shard manifest CSVs")
     ap.add_argument("--rejects", type=Path, required=True, help="merged rejects CSV to write")
     ap.add_argument("--summary", type=Path, required=True, help="summary JSON to write")
-    ap.add_argument("--run-name", default="data", help="name of the MLflow run (with --tracking-uri)")
-    tracking.add_arguments(ap, experiment="svt-data")
+    tracking.add_arguments(ap, experiment="svt-data", run_name="data")
     a = ap.parse_args(argv)
     stats = report(a.shards, a.rejects, a.summary)
     print(json.dumps(stats), file=sys.stderr)

@@ -452,11 +452,10 @@ def start_tracking(run: Run) -> None:
     """The pretraining run in MLflow: a new one with the config as params, or the resumed
     job's own run, tagged with who resumed it. Rank 0 only; the others get a no-op tracker."""
     args, cfg = run.args, run.cfg
-    tracker = Tracker(args.tracking_uri, args.experiment, run_id=run.run_id,
-                      run_name=args.run_name, enabled=run.main_rank,
-                      tags={"svt.stage": "pretrain", "svt.out_dir": str(run.out_dir.resolve()),
-                            "svt.checkpoint_dir": str(run.ckpt_dir.resolve()),
-                            **tracking.parse_tags(args.tag)})
+    tracker = tracking.stage_run(args, "pretrain", run_id=run.run_id, enabled=run.main_rank,
+                                 restore_status=False,  # a resumed run ends FINISHED
+                                 tags={"svt.out_dir": str(run.out_dir.resolve()),
+                                       "svt.checkpoint_dir": str(run.ckpt_dir.resolve())})
     if run.main_rank and run.run_id is None:
         tracker.log_params(flatten(cfg))
         if cfg["model"].get("init") not in (None, "none"):
@@ -711,13 +710,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-every", type=int, help="steps between metric logs")
     ap.add_argument("--out-dir", type=Path, required=True, help="exports: teacher backbone, curves")
     ap.add_argument("--ckpt-dir", type=Path, required=True, help="resumable checkpoints")
-    tracking.add_arguments(ap, experiment="svt")
+    tracking.add_arguments(ap, experiment="svt", run_name="pretrain")
     ap.add_argument("--system-metrics-s", type=float, default=10.0,
                     help="MLflow system metrics (CPU, memory, GPU) every N seconds (0: off)")
     ap.add_argument("--log-checkpoint", action="store_true",
                     help="copy the exported teacher backbone into the MLflow artifact store "
                          "(default: only its path and sha256 are logged)")
-    ap.add_argument("--run-name", default="pretrain")
     ap.add_argument("--knn-train", type=Path, default=None,
                     help="kNN monitor: manifest whose videos are the neighbours (e.g. UCF101 train)")
     ap.add_argument("--knn-test", type=Path, default=None, help="kNN monitor: manifest to classify")

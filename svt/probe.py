@@ -12,7 +12,7 @@ init, SGD momentum, lr x batch/256, cosine, cross-entropy) and a weighted kNN
 ``confusion_<setting>.png`` and ``results.md``, prints the table and, with ``--tracking-uri``,
 logs all of it under ``eval/<prefix>/`` to a run of its own (``probe/<prefix>``, a child of the
 workflow's parent run when there is one). That run is tagged ``svt.backbone_run_id`` with the
-backbone's pretraining run (``--run-id``, else the one recorded with the backbone), which itself
+backbone's pretraining run (``--backbone-run-id``, else the one recorded with the backbone), which itself
 gets no evaluation metrics: its charts stay its training curves.
 
 Online (the paper protocol: heads trained on freshly augmented views through the frozen
@@ -226,29 +226,17 @@ def write_outputs(results: Mapping, class_names: Sequence[str], out_dir) -> dict
     return metrics
 
 
-def log_to_mlflow(metrics: Mapping, out_dir, tracking_uri: str | None, experiment: str = "svt",
-                  prefix: str = "pretrained", tags: Mapping[str, str] | None = None) -> bool:
+def log_to_mlflow(metrics: Mapping, out_dir, args: argparse.Namespace, prefix: str = "pretrained",
+                  tags: Mapping[str, str] | None = None) -> None:
     """Metrics as ``eval/<prefix>/<setting>/<probe>_<top1|top5>`` plus metrics.json and the
-    plots (artifacts under ``eval/<prefix>/``) into a run of the evaluation's own
-    (``probe/<prefix>``, a child of the workflow's run when there is one, tagged with ``tags``).
-    Never raises for tracking trouble (svt.tracking.Tracker). Returns whether anything was
-    attempted."""
-    if not tracking_uri:
-        return False
-    from svt.tracking import Tracker
-
-    try:
-        tracker = Tracker(tracking_uri, experiment, run_name=f"probe/{prefix}",
-                          tags={"svt.stage": "evaluate", **(tags or {})})
-    except Exception as err:  # a broken store must not fail the evaluation
-        print(f"[probe] MLflow unavailable ({err}); not logged", file=sys.stderr)
-        return False
+    plots (artifacts under ``eval/<prefix>/``) into the evaluation's own run
+    (``probe/<prefix>``, svt.tracking.stage_run). Tracking trouble never fails the probe."""
+    tracker = tracking.stage_run(args, "evaluate", tags=tags, run_name=f"probe/{prefix}")
     tracker.log_metrics(eval_metrics(metrics, prefix), step=0)
     out_dir = Path(out_dir)
     for f in sorted(out_dir.glob("metrics.json")) + sorted(out_dir.glob("confusion_*.png")):
         tracker.log_artifact(f, f"eval/{prefix}")
     tracker.finish()
-    return True
 
 
 def train_online(adapted: Mapping, geometries: Sequence[str], train_manifest, test_manifest,
@@ -409,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     on.add_argument("--num-workers", type=int, default=0)
     on.add_argument("--decoder", default="torchcodec", choices=BACKENDS)
     tracking.add_arguments(ap)
-    ap.add_argument("--run-id", default=None, help="the backbone's pretraining run, tagged on the "
-                    "probe's run (default: the one recorded with the backbone)")
+    ap.add_argument("--backbone-run-id", default=None, help="the backbone's pretraining run, tagged "
+                    "on the probe's run (default: the one recorded with the backbone)")
     ap.add_argument("--run-json", type=Path, default=None,
                     help="run.json written by svt.pretrain: the pretraining run it names")
     ap.add_argument("--prefix", default="pretrained", help="metric prefix, e.g. random | pretrained")
@@ -429,13 +417,13 @@ def main(argv: list[str] | None = None) -> int:
     table = format_results(metrics)
     (a.out_dir / "results.md").write_text(table + "\n")
     print(table)
-    if a.run_json and not a.run_id:
-        a.run_id = json.loads(a.run_json.read_text()).get("mlflow_run_id")
-    run_id = a.run_id or recorded_run
+    if a.run_json and not a.backbone_run_id:
+        a.backbone_run_id = json.loads(a.run_json.read_text()).get("mlflow_run_id")
+    run_id = a.backbone_run_id or recorded_run
     tags = tracking.parse_tags(a.tag)
     if run_id:
         tags["svt.backbone_run_id"] = run_id
-    log_to_mlflow(metrics, a.out_dir, a.tracking_uri, a.experiment, a.prefix, tags)
+    log_to_mlflow(metrics, a.out_dir, a, a.prefix, tags)
     return 0
 
 

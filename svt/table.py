@@ -48,15 +48,14 @@ def log_table(rows: Mapping[str, Mapping], out: Path | None, a: argparse.Namespa
     """The comparison's metrics on the workflow's parent run (or --run-id): the numbers users
     compare between workflow runs in the MLflow run list."""
     run_id = a.run_id or os.environ.get(tracking.PARENT_ENV)
-    if not a.tracking_uri or not run_id:
+    if not run_id:
         return
-    t = tracking.Tracker(a.tracking_uri, a.experiment, run_id=run_id)
+    t = tracking.stage_run(a, "evaluate", run_id=run_id)
     t.log_metrics({k: v for row, m in rows.items() for k, v in eval_metrics(m, row).items()},
                   step=0)
     if out:
         t.log_artifact(out, "eval")
-    if a.run_id:  # a run named by hand is closed again; the parent is closed by the workflow
-        t.finish()
+    t.finish()  # its status put back: the workflow closes its parent run itself
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--row", action="append", required=True, metavar="NAME=metrics.json",
                     help="one backbone's probe metrics; repeat per row, in table order")
     ap.add_argument("--out", type=Path, help="also write the table (markdown) here")
-    tracking.add_arguments(ap)
-    ap.add_argument("--run-id", default=None, help="log into this run instead of the workflow's")
+    tracking.add_arguments(ap)  # --run-id: log into that run instead of the workflow's
     a = ap.parse_args(argv)
     try:
         rows = {name: json.loads(Path(path).read_text())

@@ -104,14 +104,36 @@ def parse_tags(items: list[str] | None) -> dict[str, str]:
     return parse_named(items, "--tag", unique=False)
 
 
-def add_arguments(ap: argparse.ArgumentParser, experiment: str = "svt") -> None:
-    """The MLflow options every ``python -m svt.<step>`` that logs shares."""
+def add_arguments(ap: argparse.ArgumentParser, experiment: str = "svt",
+                  run_name: str | None = None) -> None:
+    """The MLflow options every ``python -m svt.<step>`` that logs shares; ``stage_run``
+    turns them into the step's run."""
     g = ap.add_argument_group("MLflow")
     g.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (none: no tracking)")
     g.add_argument("--experiment", default=experiment, help="MLflow experiment name")
+    g.add_argument("--run-name", default=run_name, help="name of the run this step creates")
+    g.add_argument("--run-id", default=None, help="log into this existing run instead of a new "
+                   "one (its status is put back afterwards)")
     g.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                    help="tag of the run this step creates (the workflow adds svt.rule and "
                         "svt.wildcards); repeat")
+
+
+def stage_run(args: argparse.Namespace, stage: str, tags: Mapping[str, str] | None = None,
+              run_id: str | None = None, run_name: str | None = None,
+              enabled: bool = True, restore_status: bool | None = None) -> "Tracker":
+    """The one way a step opens its MLflow run, from ``add_arguments``' options: ``run_id``
+    (else ``--run-id``) is attached to, and by default ``finish()`` puts its status back (a
+    workflow's parent stays RUNNING); otherwise a new run named ``run_name`` (else
+    ``--run-name``), a child of the workflow's run when there is one, tagged ``svt.stage``,
+    ``tags`` and ``--tag``. Without ``--tracking-uri`` (or with ``enabled=False``) every call
+    is a no-op; tracking trouble never raises."""
+    run_id = run_id or args.run_id
+    return Tracker(args.tracking_uri, args.experiment, run_id=run_id,
+                   run_name=run_name or args.run_name,
+                   tags={"svt.stage": stage, **(tags or {}), **parse_tags(args.tag)},
+                   enabled=enabled,
+                   restore_status=run_id is not None if restore_status is None else restore_status)
 
 
 MAX_NAME = 250  # MLflow's limit on metric, param and tag names
@@ -162,12 +184,16 @@ class Tracker:
 
     def __init__(self, uri: str | None, experiment: str, run_id: str | None = None,
                  run_name: str | None = None, tags: Mapping[str, str] | None = None,
-                 enabled: bool = True, retries: int = 3, backoff_s: float = 1.0):
+                 enabled: bool = True, retries: int = 3, backoff_s: float = 1.0,
+                 restore_status: bool = False):
+        """``run_id``: attach to that run (marked RUNNING); with ``restore_status``, ``finish()``
+        without a status puts back the one it had (a workflow's parent stays RUNNING)."""
         self.enabled = bool(enabled and uri)
         self.retries, self.backoff_s = retries, backoff_s
         self.run_id: str | None = run_id
         self.client = None
         self._monitor = None
+        self._prior_status: str | None = None
         if not self.enabled:
             return
         from mlflow.tracking import MlflowClient
@@ -180,6 +206,9 @@ class Tracker:
                              tags={**context_tags(), **(tags or {})}) if exp_id else None
             self.run_id = run.info.run_id if run else None
         else:
+            if restore_status:
+                prior = self._call(self.client.get_run, run_id)
+                self._prior_status = prior.info.status if prior else "RUNNING"
             self._call(self.client.update_run, run_id, status="RUNNING")
         if self.run_id is None:
             self.enabled = False
@@ -283,7 +312,11 @@ class Tracker:
             log.warning("MLflow system metrics unavailable: %s", err)
             self._monitor = None
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str | None = None) -> None:
+        """End the run: ``status`` (default FINISHED), or for an attached run with
+        ``restore_status`` the status it had before (a RUNNING one is left running)."""
+        if status is None:
+            status = self._prior_status or "FINISHED"
         if self._monitor is not None:
             mon = self._monitor
             try:
@@ -301,7 +334,7 @@ class Tracker:
             except Exception as err:
                 log.warning("MLflow system metrics: %s", err)
             self._monitor = None
-        if not self.enabled:
+        if not self.enabled or status == "RUNNING":
             return
         self._call(self.client.set_terminated, self.run_id, status)
 

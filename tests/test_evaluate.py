@@ -446,7 +446,7 @@ def test_probe_logs_into_its_own_run_tagged_with_the_backbone_run(tmp_path):
     files, classes = _feature_files(tmp_path, run_id=run.info.run_id)
     # explicit run id for one, the recorded one (from the backbone) for the other
     assert probe.main(_probe_args(files, classes, tmp_path / "r", "--tracking-uri", uri,
-                                  "--experiment", "svt-test", "--run-id", run.info.run_id,
+                                  "--experiment", "svt-test", "--backbone-run-id", run.info.run_id,
                                   "--prefix", "random")) == 0
     assert probe.main(_probe_args(files, classes, tmp_path / "p", "--tracking-uri", uri,
                                   "--experiment", "svt-test", "--prefix", "pretrained")) == 0
@@ -468,7 +468,7 @@ def test_probe_logs_into_its_own_run_tagged_with_the_backbone_run(tmp_path):
         assert {f"eval/{prefix}/metrics.json", f"eval/{prefix}/confusion_slow_fast.png"} <= names
     # a backbone run that does not exist is only a tag: the evaluation still succeeds
     assert probe.main(_probe_args(files, classes, tmp_path / "q", "--tracking-uri", uri,
-                                  "--run-id", "0" * 32)) == 0
+                                  "--backbone-run-id", "0" * 32)) == 0
     assert (tmp_path / "q" / "metrics.json").exists()
 
 

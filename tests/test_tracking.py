@@ -297,3 +297,40 @@ def test_data_run_with_hostile_reject_reasons_and_splits_has_every_metric(tmp_pa
     (run,) = client.search_runs([client.get_experiment_by_name("data").experiment_id])
     assert run.data.metrics == pytest.approx(expected)
     assert "rejected/empty_file_0_bytes" in run.data.metrics and len(expected) == 11
+
+
+def test_stage_run_is_the_one_way_a_step_opens_its_run(tmp_path):
+    """svt.tracking.add_arguments + stage_run: a new run tagged with its stage, or an attached
+    one whose status is put back; no URI, no tracking."""
+    import argparse
+
+    from svt import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ap = argparse.ArgumentParser()
+    tracking.add_arguments(ap, experiment="steps", run_name="curate")
+    new = tracking.stage_run(ap.parse_args(["--tracking-uri", uri, "--tag", "svt.rule=curate"]),
+                             "curate", tags={"svt.out_dir": "/x"})
+    new.log_metrics({"videos": 3}, step=0)
+    new.finish()
+    client = MlflowClient(uri)
+    got = client.get_run(new.run_id)
+    assert got.info.run_name == "curate" and got.info.status == "FINISHED"
+    assert {"svt.stage": "curate", "svt.rule": "curate", "svt.out_dir": "/x"}.items() <= got.data.tags.items()
+    # attached with --run-id: logged into, then FINISHED again (not left RUNNING)
+    again = tracking.stage_run(ap.parse_args(["--tracking-uri", uri, "--run-id", new.run_id]), "curate")
+    assert client.get_run(new.run_id).info.status == "RUNNING"
+    again.log_metrics({"videos": 4}, step=1)
+    again.finish()
+    assert client.get_run(new.run_id).info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(new.run_id, "videos")] == [3.0, 4.0]
+    # a running parent stays running; an explicit status still wins
+    parent = Tracker(uri, "steps", run_name="workflow")
+    tracking.stage_run(ap.parse_args(["--tracking-uri", uri]), "evaluate", run_id=parent.run_id).finish()
+    assert client.get_run(parent.run_id).info.status == "RUNNING"
+    tracking.stage_run(ap.parse_args(["--tracking-uri", uri]), "x", run_id=parent.run_id).finish("FAILED")
+    assert client.get_run(parent.run_id).info.status == "FAILED"
+    off = tracking.stage_run(ap.parse_args([]), "curate")
+    assert not off.enabled and off.run_id is None
+    off.log_metrics({"a": 1}, 0)
+    off.finish()
