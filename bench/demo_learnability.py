@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from svt import demo_data as dd  # noqa: E402
-from svt.config import merged  # noqa: E402
+from svt.config import load_config  # noqa: E402
 from svt import eval_views as evv, probe as probe_mod  # noqa: E402
 from svt.loss import (SVTLoss, apply_schedules, cancel_last_layer_gradients,  # noqa: E402
                       clip_gradients, optim_schedules, param_groups, update_teacher)
@@ -220,7 +220,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
 
-    cfg = merged(yaml.safe_load(Path(a.config).read_text()), yaml.safe_load(Path(a.preset).read_text()))
+    cfg = load_config(a.config, [a.preset])
     for item in a.cfg:
         set_key(cfg, *item.split("=", 1))
     for item in a.set:

@@ -25,11 +25,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from svt.config import apply_overrides, merged  # noqa: E402
+from svt.config import load_config  # noqa: E402
 from svt.loss import SVTLoss, clip_gradients, param_groups, update_teacher  # noqa: E402
 from svt.pretrain import build_nets, make_optimizer, precision_context  # noqa: E402
 from svt.views import ViewConfig  # noqa: E402
@@ -129,10 +128,7 @@ def main() -> int:
                          "would pay)")
     a = ap.parse_args()
 
-    cfg = yaml.safe_load(open(a.config))
-    if a.preset:
-        cfg = merged(cfg, yaml.safe_load(open(a.preset)))
-    cfg = apply_overrides(cfg, a.set)
+    cfg = load_config(a.config, [a.preset] if a.preset else [], a.set)
     if a.grad_checkpointing:
         cfg["model"]["grad_checkpointing"] = True
     cfg["model"]["init"] = "none"

@@ -5,9 +5,31 @@ repeated NAME=VALUE command-line options."""
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
 from typing import Sequence
 
 import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def load_config(base: str | os.PathLike = REPO / "config.yaml",
+                presets: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = (),
+                validate: bool = False) -> dict:
+    """config.yaml, then each preset merged over it (as ``snakemake --configfile`` does), then
+    ``KEY=VALUE`` overrides; with ``validate``, checked against the workflow's schema, as
+    the Snakefile checks it before any job (needs snakemake)."""
+    cfg = yaml.safe_load(Path(base).read_text())
+    for p in presets:
+        cfg = merged(cfg, yaml.safe_load(Path(p).read_text()) or {})
+    cfg = apply_overrides(cfg, list(overrides))
+    if validate:
+        from snakemake.utils import validate as snakemake_validate
+
+        snakemake_validate(cfg, str(SCHEMA))
+    return cfg
 
 
 def merged(base: dict, over: dict) -> dict:

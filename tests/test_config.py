@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from conftest import REPO
-from svt.config import merged
+from svt.config import load_config
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -56,10 +56,7 @@ def test_schema_defaults_equal_config_yaml():
 
 @pytest.mark.parametrize("preset", [[], ["config/demo.yaml"]])
 def test_config_and_presets_validate(preset):
-    config = load("config.yaml")
-    for p in preset:
-        config = merged(config, load(p))
-    validate(config, str(SCHEMA))
+    config = load_config(REPO / "config.yaml", [REPO / p for p in preset], validate=True)
     assert config["decode"]["short_side"] > 0
 
 
@@ -93,3 +90,20 @@ def test_every_key_in_config_yaml_is_commented():
     for i, line in enumerate(lines):
         if re.match(r"^\s*[A-Za-z0-9_]+:", line):
             assert "#" in line or lines[i - 1].strip().startswith("#"), f"config.yaml:{i + 1} {line!r}"
+
+
+def test_load_config_merges_presets_and_overrides_as_snakemake_does(tmp_path):
+    """svt.config.load_config: the one loader of the benches and tests."""
+    preset = tmp_path / "p.yaml"
+    preset.write_text("optim:\n  lr: 0.01\nviews:\n  local_frames: [2, 2]\n")
+    base = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg = load_config(REPO / "config.yaml", [preset], ["optim.epochs=3", "model.init=none"],
+                      validate=True)
+    assert cfg["optim"]["lr"] == 0.01 and cfg["optim"]["epochs"] == 3  # merged key by key
+    assert cfg["optim"]["warmup_epochs"] == base["optim"]["warmup_epochs"]
+    assert cfg["views"]["local_frames"] == [2, 2]  # a list replaces, never merges
+    with pytest.raises(ValueError, match="no key 'lrr'"):
+        load_config(REPO / "config.yaml", overrides=["optim.lrr=1"])
+    preset.write_text("optim:\n  lr: -1.0\n")
+    with pytest.raises(WorkflowError):
+        load_config(REPO / "config.yaml", [preset], validate=True)
