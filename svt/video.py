@@ -16,6 +16,8 @@ from pathlib import Path
 
 import ffmpeg  # ffmpeg-python: builds the filter graph and escapes its arguments
 
+from svt.atomic import atomic_path
+
 
 class VideoError(RuntimeError):
     """The video cannot be used. ``reason`` is a short, user-facing explanation."""
@@ -142,9 +144,13 @@ def transcode(src: str | os.PathLike, dst: str | os.PathLike, settings: EncodeSe
         raise VideoError(src, f"too short: {info.duration:.2f} s gives {expected:.0f} frames at "
                               f"{settings.fps:g} fps, fewer than min_frames={settings.min_frames}")
     width, height = target_size(info.width, info.height, settings.short_side)
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.part")
+    with atomic_path(dst) as tmp:  # a rejected or killed encode leaves no file at dst
+        return _encode(src, tmp, info, settings, width, height)
+
+
+def _encode(src, tmp: Path, info: VideoInfo, settings: EncodeSettings, width: int,
+            height: int) -> VideoInfo:
+    """ffmpeg to ``tmp``, then the output's probe; VideoError when it must be rejected."""
     # ffmpeg applies the rotation itself (autorotate) before our filters, so width/height
     # above are already the displayed ones and the output carries no rotation flag.
     stream = (ffmpeg.input(_arg(src)).video
@@ -162,21 +168,16 @@ def transcode(src: str | os.PathLike, dst: str | os.PathLike, settings: EncodeSe
     try:
         res = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        tmp.unlink(missing_ok=True)
         raise VideoError(src, f"ffmpeg did not finish in {timeout:.0f} s") from None
     if res.returncode != 0 or not tmp.exists() or tmp.stat().st_size == 0:
-        tmp.unlink(missing_ok=True)
         raise VideoError(src, f"decode failed: {_last_line(res.stderr)}")
     try:
         out_info = probe(tmp, settings.timeout_s)
     except VideoError as err:
-        tmp.unlink(missing_ok=True)
         raise VideoError(src, f"decode produced no usable video: {err.reason}") from None
     problem = check_output(out_info, info, settings)
     if problem:
-        tmp.unlink(missing_ok=True)
         raise VideoError(src, problem)
-    os.replace(tmp, dst)
     return out_info
 
 

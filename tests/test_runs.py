@@ -155,7 +155,9 @@ def test_code_edits_are_detected_and_listed(local_run, tmp_path):
     assert re.search(r"params have changed since last execution:\s+probe", res.stdout + res.stderr)
 
     rules = checkout / "workflow" / "rules" / "evaluate.smk"
-    rules.write_text(rules.read_text().replace("--table-out {output:q}", "--table-out  {output:q}"))
+    text = rules.read_text()
+    assert "{params.rows} --out {output:q}" in text  # the eval_table command
+    rules.write_text(text.replace("{params.rows} --out {output:q}", "{params.rows}  --out {output:q}"))
     res = snakemake(wd, "-s", str(snakefile), "--list-changes", "code", "--configfile", str(wd / "tiny.yaml"))
     listed = [line for line in res.stdout.splitlines() if line.startswith("results/")]
     assert len(listed) == 1 and listed[0].endswith("/table.md"), res.stdout
