@@ -74,7 +74,7 @@ FRAME_NOISE = 2.0  # std of the independent per-frame noise, in 0..255 units
 # size, position, orientation and motion (still, a translation, a rotation or a zoom) from
 # the same distributions for every class, so only the silhouette tells the classes apart.
 SHAPE_CLASSES = ["ShapeDisk", "ShapeSquare", "ShapeTriangle", "ShapeStar", "ShapeCross"]
-SHAPE_RADIUS = (0.22, 0.32)  # large: the silhouette spans several 16-pixel patches at 64 px
+SHAPE_RADIUS = (0.30, 0.42)  # large: the silhouette spans most of the 4 x 4 patches of a 64-px view
 SHAPE_MOTIONS = ("still", "translate", "rotate", "zoom")
 ALL_CLASSES = CLASSES + SHAPE_CLASSES  # the index seeds each video's random stream
 

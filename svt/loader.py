@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import operator
 import os
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
@@ -365,6 +366,7 @@ class VideoDataset(torch.utils.data.Dataset):
                      self.clip_sampler(row.frames, row.fps, self.generator(i))]
         if not clips_idx:
             raise ValueError(f"clip_sampler returned no clips for {path}")
+        t0 = time.perf_counter()
         try:
             frames = read_frames(path, np.concatenate(clips_idx), self.backend)
         except Exception as exc:
@@ -373,7 +375,9 @@ class VideoDataset(torch.utils.data.Dataset):
             where = f"item {i}" if path in str(exc) else f"item {i} ({path})"
             raise VideoDecodeError(f"{where}: {exc}") from exc
         clips = list(torch.split(frames, [len(c) for c in clips_idx]))
-        return {"clips": clips, "label": row.label, "index": i, "path": path}
+        # the worker's own time for this item: the trainer reports loader throughput from it
+        return {"clips": clips, "label": row.label, "index": i, "path": path,
+                "load_s": time.perf_counter() - t0}
 
 
 def collate_clips(batch: list[dict]) -> dict:
@@ -392,4 +396,5 @@ def collate_clips(batch: list[dict]) -> dict:
         "label": torch.tensor([item["label"] for item in batch], dtype=torch.long),
         "index": torch.tensor([item["index"] for item in batch], dtype=torch.long),
         "path": [item["path"] for item in batch],
+        "load_s": sum(item.get("load_s", 0.0) for item in batch),
     }

@@ -345,7 +345,8 @@ class Run:
 
 
 METRIC_FIELDS = ["step", "epoch", "loss", "lr", "wd", "momentum", "teacher_temp", "teacher_entropy",
-                 "grad_norm", "data_time", "step_time", "samples_per_s"]
+                 "grad_norm", "data_time", "step_time", "samples_per_s", "data_wait",
+                 "loader_samples_per_s"]
 
 
 def runtime_config(args: argparse.Namespace) -> dict:
@@ -483,7 +484,7 @@ def reset_metrics_csv(run: Run) -> None:
     with open(run.metrics_csv, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(METRIC_FIELDS)
-        w.writerows([r[k] for k in METRIC_FIELDS] for r in kept)
+        w.writerows([r.get(k, "") for k in METRIC_FIELDS] for r in kept)  # older files lack columns
 
 
 def save_checkpoint(run: Run) -> None:
@@ -542,7 +543,8 @@ class Logbook:
     compiling: bool  # the first step compiles every view shape (pretrain.compile: blocks)
     log_step: int  # the step and wall time of the last log: timings average since then
     log_wall: float = field(default_factory=time.perf_counter)
-    data_time: float = 0.0
+    data_time: float = 0.0  # the trainer waiting for batches, since the last log
+    load_time: float = 0.0  # the loader workers' own time for those batches (decode + augment)
     started: float = field(default_factory=time.time)
 
 
@@ -563,12 +565,17 @@ def log_step(run: Run, book: Logbook, it: int, loss_value: float, stats: dict, g
     n_steps = max(run.step - book.log_step, 1)
     t_step = (now - book.log_wall) / n_steps
     lr_s, wd_s, mom_s = run.schedules
+    bs = run.cfg["optim"]["batch_size_per_gpu"]
     row = {"step": run.step, "epoch": it / run.iters, "loss": loss_value, "lr": lr_s[it],
            "wd": wd_s[it], "momentum": mom_s[it], "teacher_temp": stats["teacher_temp"],
            "teacher_entropy": stats["teacher_entropy"], "grad_norm": float(grad_norm),
            "data_time": book.data_time / n_steps, "step_time": t_step,
-           "samples_per_s": run.cfg["optim"]["batch_size_per_gpu"] * run.world / max(t_step, 1e-9)}
-    book.log_step, book.log_wall, book.data_time = run.step, now, 0.0
+           "samples_per_s": bs * run.world / max(t_step, 1e-9),
+           # input-bound when this nears 1: the share of the step spent waiting for a batch
+           "data_wait": book.data_time / max(now - book.log_wall, 1e-9),
+           # what one loader worker (one core) produces: decode + views + augmentation
+           "loader_samples_per_s": bs * n_steps / book.load_time if book.load_time else 0.0}
+    book.log_step, book.log_wall, book.data_time, book.load_time = run.step, now, 0.0, 0.0
     if not run.main_rank:
         return
     with open(run.metrics_csv, "a", newline="") as f:
@@ -576,8 +583,9 @@ def log_step(run: Run, book: Logbook, it: int, loss_value: float, stats: dict, g
     run.tracker.log_metrics(mlflow_curves(row, run.cfg["loss"]), run.step)
     if not progress.on_stderr(book.bar):
         print(f"step {run.step}/{run.limit} epoch {row['epoch']:.2f} loss {loss_value:.4f} "
-              f"lr {row['lr']:.2e} data {row['data_time']:.2f}s step {t_step:.2f}s "
-              f"({time.time() - book.started:.0f}s)", file=sys.stderr, flush=True)
+              f"lr {row['lr']:.2e} data {row['data_time']:.2f}s ({row['data_wait']:.0%} of the "
+              f"step) step {t_step:.2f}s loader {row['loader_samples_per_s']:.1f} samples/s "
+              f"per worker ({time.time() - book.started:.0f}s)", file=sys.stderr, flush=True)
     if book.bar is not None:
         book.bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{row['samples_per_s']:.1f}",
                              refresh=False)
@@ -622,6 +630,7 @@ def train_one_epoch(run: Run, book: Logbook) -> bool:
     t_end = time.perf_counter()
     for batch in run.loader:
         book.data_time += time.perf_counter() - t_end
+        book.load_time += batch.get("load_s", 0.0)
         it = run.step  # global iteration index into the schedules
         log_now = (it + 1) % run.cfg["pretrain"]["log_every"] == 0 or it + 1 == run.limit
         loss, stats, grad_norm = train_step(run, batch, it, log_now)

@@ -18,6 +18,7 @@ the global views first, then the local ones (paper: 2 global views of 8 and 16 f
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -457,10 +458,14 @@ class AugmentCollate:
         self.augment, self.seed, self.epoch = augment, int(seed), 0
 
     def __call__(self, batch: list[dict]) -> dict:
+        t0 = time.perf_counter()
         per_sample = []
         for item in batch:
             state = np.random.SeedSequence([self.seed, self.epoch, item["index"]]).generate_state(1)
             g = torch.Generator().manual_seed(int(state[0]))
             per_sample.append(self.augment(item["clips"], generator=g))
-        return {"views": [torch.stack(v) for v in zip(*per_sample)],
-                "label": torch.tensor([b["label"] for b in batch], dtype=torch.long)}
+        views = [torch.stack(v) for v in zip(*per_sample)]
+        # the worker's time for this batch: decoding (per item) plus augmenting and stacking
+        load_s = sum(b.get("load_s", 0.0) for b in batch) + time.perf_counter() - t0
+        return {"views": views, "label": torch.tensor([b["label"] for b in batch], dtype=torch.long),
+                "load_s": load_s}

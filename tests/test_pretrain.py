@@ -101,8 +101,10 @@ def test_trains_exports_and_logs(data, tmp_path):
     assert run_.data.params["optim.lr"] == "0.0005"
     assert len(client.get_metric_history(run_id, "train/loss")) == 12
     for key in ("train/lr", "train/wd", "train/momentum", "train/teacher_entropy", "grad_norm",
-                "epoch", "data_time", "step_time", "samples_per_s"):
+                "epoch", "data_time", "step_time", "samples_per_s", "data_wait",
+                "loader_samples_per_s"):
         assert key in run_.data.metrics
+    assert 0 <= run_.data.metrics["data_wait"] <= 1 and run_.data.metrics["loader_samples_per_s"] > 0
 
 
 def test_mlflow_names_put_the_training_curves_first():
