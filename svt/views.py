@@ -292,16 +292,23 @@ class SVTAugment:
 
     # ---- applying them (any device)
 
-    def apply(self, frames: torch.Tensor, spec: ViewSpec, params: ViewParams) -> torch.Tensor:
-        """Augment one view: ``uint8`` ``(T, H, W, 3)`` -> float ``(3, T, S, S)``."""
+    def apply(self, frames: torch.Tensor, spec: ViewSpec, params: ViewParams,
+              stage_times: dict | None = None) -> torch.Tensor:
+        """Augment one view: ``uint8`` ``(T, H, W, 3)`` -> float ``(3, T, S, S)``.
+        ``stage_times``: seconds added under "crop_resize" and "augment" (bench/pretrain_e2e.py)."""
         if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected uint8 frames (T, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+        t0 = time.perf_counter() if stage_times is not None else 0.0
         x = frames.permute(0, 3, 1, 2)  # (T, 3, H, W) view; TF ops treat T as a batch
         top, left, h, w = params.crop
         x = TF.resized_crop(x, top, left, h, w, [spec.size, spec.size], antialias=True)
         if params.flip:
             x = TF.horizontal_flip(x)
         x = TF.to_dtype(x, torch.float32, scale=True)
+        if stage_times is not None:
+            t1 = time.perf_counter()
+            stage_times["crop_resize"] = stage_times.get("crop_resize", 0.0) + t1 - t0
+            t0 = t1
         for op, factor in params.jitter:
             x = _JITTER[op](x, factor)
         if params.gray:
@@ -311,10 +318,13 @@ class SVTAugment:
         if params.solarize:
             x = TF.solarize(x, SOLARIZE_THRESHOLD)
         x = TF.normalize(x, list(self.cfg.mean), list(self.cfg.std))
-        return x.permute(1, 0, 2, 3).contiguous()  # (3, T, S, S)
+        x = x.permute(1, 0, 2, 3).contiguous()  # (3, T, S, S)
+        if stage_times is not None:
+            stage_times["augment"] = stage_times.get("augment", 0.0) + time.perf_counter() - t0
+        return x
 
-    def __call__(self, clips: Sequence[torch.Tensor],
-                 generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    def __call__(self, clips: Sequence[torch.Tensor], generator: torch.Generator | None = None,
+                 stage_times: dict | None = None) -> list[torch.Tensor]:
         specs = self.cfg.views
         if len(clips) != len(specs):
             raise ValueError(f"got {len(clips)} clips for {len(specs)} views")
@@ -323,7 +333,7 @@ class SVTAugment:
             if clip.ndim != 4:
                 raise ValueError(f"expected one clip (T, H, W, 3) per view, got shape {tuple(clip.shape)}")
             params = self.sample_params(spec, clip.shape[1], clip.shape[2], generator)
-            out.append(self.apply(clip, spec, params))
+            out.append(self.apply(clip, spec, params, stage_times))
         return out
 
     def batch(self, clips: Sequence[torch.Tensor],
