@@ -427,3 +427,21 @@ def test_local_run_shows_a_live_progress_line_on_the_terminal(data, tmp_path):
     assert "loss=" in terminal and "samples_s=" in terminal, terminal
     logged = (tmp_path / "rule.log").read_text()
     assert "step 6/6 " in logged and "step 1/6 " in logged  # the full lines still go to the log
+
+
+def test_metrics_csv_of_an_older_run_is_kept_up_to_the_checkpoint(tmp_path):
+    """A resumed run keeps the rows up to its checkpoint, also from a metrics.csv written
+    before the loader columns existed (blank there), and drops the rows past it."""
+    from types import SimpleNamespace
+
+    path = tmp_path / "metrics.csv"
+    old = [f for f in pretrain.METRIC_FIELDS if f not in ("data_wait", "loader_samples_per_s")]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(old)
+        for step in (1, 2, 3):
+            w.writerow([step] + [0.5] * (len(old) - 1))
+    pretrain.reset_metrics_csv(SimpleNamespace(main_rank=True, metrics_csv=path, step=2))
+    rows = list(csv.DictReader(open(path, newline="")))
+    assert list(rows[0]) == pretrain.METRIC_FIELDS
+    assert [r["step"] for r in rows] == ["1", "2"] and rows[1]["data_wait"] == ""
