@@ -51,9 +51,11 @@ def percent(fraction: float) -> float:
 
 
 def ordered(settings) -> list[str]:
+    """Settings in the tables' column order: slow, fast, slow-fast, then any others."""
     known = [s for s in SETTING_ORDER if s in settings]
     return known + [s for s in settings if s not in known]
 
 
 def pct(v) -> str:
+    """A fraction as the tables print it: 0.425 -> "42.5"; missing -> "-"."""
     return "-" if v is None else f"{100 * v:.1f}"
