@@ -18,8 +18,8 @@ demo-data: setup  ## generate the seeded synthetic dataset and copy the real cli
 	$(PY) -m svt.demo_data --out $(DEMO_DATA)/ucf101 --real-out $(DEMO_DATA)/real
 
 demo: demo-data   ## run the whole workflow on the demo data (local executor), then print the table
-	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/demo.yaml
-	@$(PY) -m svt.results --results-dir results --experiment demo
+	SVT_PRINT_TABLE=0 $(VENV)/bin/snakemake --cores $(CORES) --configfile config/demo.yaml
+	@$(PY) -m svt.results --results-dir results --experiment demo  # once, last (also after a no-op)
 
 EXPERIMENT ?= demo
 results:          ## print the latest table of $(EXPERIMENT) and where its outputs are; runs nothing

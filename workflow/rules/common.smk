@@ -490,9 +490,11 @@ def run_outputs() -> dict:
 
 def finish_run() -> None:
     """onsuccess: record where this invocation's results are (<results>/latest.json) and print
-    the evaluation table with those paths, at the end of the output where people look."""
+    the evaluation table with those paths, at the end of the output where people look
+    (SVT_PRINT_TABLE=0: not here; `make demo` prints it once, after Snakemake's summary)."""
     from svt.results import LATEST, describe, write_latest
 
     files = list(dict.fromkeys(str(f) for f in workflow.configfiles))
     record = write_latest(Path(RESULTS, LATEST), run_outputs(), tracking_uri(), files)
-    print(f"\n{describe(record)}\n", flush=True)
+    if os.environ.get("SVT_PRINT_TABLE") != "0":
+        print(f"\n{describe(record)}\n", flush=True)
