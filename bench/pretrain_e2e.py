@@ -50,13 +50,11 @@ sys.path.insert(0, str(ROOT))  # run from a checkout
 import torch  # noqa: E402
 
 from svt.config import load_config  # noqa: E402
+from svt.datasets import VIDEO_EXTENSIONS  # noqa: E402
 from svt.loader import read_frames  # noqa: E402
 from svt.manifest import ManifestRow, write_rows  # noqa: E402
 from svt.video import probe  # noqa: E402
 from svt.views import SVTAugment, SVTClipSampler, ViewConfig  # noqa: E402
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
-
 
 def make_video(path: Path, seconds: float, seed: int, short_side: int = 256) -> None:
     """The decode stage's output format at the paper geometry (16:9, 256p, 30 fps, gop 16)."""
