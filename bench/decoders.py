@@ -2,8 +2,9 @@
 
     python bench/decoders.py [--videos N] [--short-side 224] [--seconds 10] [--also-480]
 
-Generates noisy test videos (libx264 veryfast, 30 fps, keyframe every 16, yuv420p, no
-audio) in a temporary folder, then times for each installed backend:
+Generates noisy test videos encoded as the decode stage encodes (libx264 veryfast, 30 fps,
+keyframe every 16, yuv420p, no audio, decode.fast_decode's options; --no-fast-decode: x264's
+defaults) in a temporary folder, then times for each installed backend:
 
 * full decode: every frame, as frames/s;
 * 16 random frames, in seconds;
@@ -40,34 +41,20 @@ import torch  # noqa: E402
 
 from svt import loader  # noqa: E402
 from svt.loader import read_frames, uniform_indices  # noqa: E402
+from svt.video import EncodeSettings  # noqa: E402
+
+from paper_videos import make_video  # noqa: E402  (bench/, on sys.path as the script's folder)
 
 # name -> (read_frames backend, torchcodec seek mode or None, module that must import)
 CANDIDATES = {
-    "torchcodec": ("torchcodec", "exact", "torchcodec.decoders"),  # the loader's default
+    "pyav": ("pyav", None, "av"),  # the loader's default
+    "torchcodec": ("torchcodec", "exact", "torchcodec.decoders"),
     "torchcodec-approx": ("torchcodec", "approximate", "torchcodec.decoders"),
-    "pyav": ("pyav", None, "av"),
     "ffmpeg-pipe": ("ffmpeg", None, "ffmpeg"),
 }
 
 GLOBAL_FRAMES = (8, 16)
 LOCAL_FRAMES = (2, 2, 4, 4, 8, 8, 16, 16)
-
-
-def make_video(path: Path, short_side: int, seconds: float, seed: int) -> None:
-    """A 16:9 moving test pattern with mild temporal noise: P/B-frames carry real data,
-    at roughly the bitrate of web video at this size (about 0.5 Mbit/s at 224p)."""
-    height = short_side
-    width = round(short_side * 16 / 9 / 2) * 2
-    source = f"testsrc2=size={width}x{height}:rate=30:duration={seconds}"
-    cmd = [
-        "ffmpeg", "-nostdin", "-loglevel", "error", "-y",
-        "-f", "lavfi", "-i", source,
-        "-vf", f"noise=alls=10:allf=t+u:all_seed={seed},hue=H=t*{0.3 + 0.1 * seed}",
-        "-c:v", "libx264", "-preset", "veryfast",
-        "-g", "16", "-keyint_min", "16", "-sc_threshold", "0",
-        "-r", "30", "-pix_fmt", "yuv420p", "-an", str(path),
-    ]
-    subprocess.run(cmd, check=True)
 
 
 def count_frames(path: Path) -> int:
@@ -158,6 +145,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backends", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fast-decode", action=argparse.BooleanOptionalAction, default=True,
+                        help="encode as config.yaml's decode.fast_decode (--no-fast-decode: x264 defaults)")
     args = parser.parse_args(argv)
 
     if not shutil.which("ffmpeg") or not shutil.which("ffprobe"):
@@ -176,7 +165,7 @@ def main(argv=None) -> None:
             videos = []
             for v in range(args.videos):
                 path = Path(tmp) / f"s{side}_v{v}.mp4"
-                make_video(path, side, args.seconds, seed=v)
+                make_video(path, args.seconds, v, side, EncodeSettings(fast_decode=args.fast_decode))
                 videos.append((path, count_frames(path)))
             size_mb = sum(p.stat().st_size for p, _ in videos) / len(videos) / 1e6
             print(f"\n{len(videos)} videos, short side {side}, {videos[0][1]} frames each, "

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the training step in one call (about 6-8 minutes on one H100/H200),
+# Every GPU measurement of the training step and the input pipeline in one call (about
+# 10-12 minutes on one H100/H200),
 # for a session or a machine that has a GPU:
 #     bash bench/gpu_checks.sh [python] > gpu_checks.txt 2>&1
-# It needs torch with CUDA, timm, numpy, pyyaml and tqdm (no mlflow, snakemake or torchcodec).
+# It needs torch with CUDA, timm, numpy, pyyaml, tqdm, PyAV and ffmpeg (torchcodec for 5-6).
 # Figures for the README's performance table; paper recipe of config.yaml, bf16.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,3 +23,9 @@ run "$PY" bench/train_step.py --precision bf16 --batch 8 --steps 5 --optimizer f
 run "$PY" bench/train_step.py --precision fp16 --batch 8 --steps 5
 # 4. the model and loss tests on the GPU host (fast paths against the plain path)
 run "$PY" -m pytest -q -p no:cacheprovider tests/test_model.py tests/test_loss.py -k "not distributed"
+# 5. the input pipeline (needs PyAV; torchcodec for the GPU decoder, carry its wheel): CPU
+#    decode with GPU and with CPU augmentation, then NVDEC; cores per GPU for <= 10% data wait
+run "$PY" bench/pretrain_e2e.py --device cuda --workers 2,4,8 --steps 30 --batch 16 \
+    --augment auto,cpu --gpu-decoder --no-baseline
+# 6. the GPU-only tests of the input pipeline: NVDEC frames, the augmentation ops on CUDA
+run "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu_decode.py tests/test_augment_speed_ops.py tests/test_views.py

@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from svt import tracking
 from svt.atomic import atomic_write, write_text_atomic
 from svt.fft import correlate, next_fast_len
-from svt.loader import BACKENDS, VideoDecodeError, read_frames
+from svt.loader import CPU_BACKENDS, VideoDecodeError, read_frames
 from svt.manifest import ManifestRow, read_rows, write_rows
 
 log = logging.getLogger("svt.curate")
@@ -814,7 +814,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="flag static clips and leave them out of pretraining (default on)")
     ap.add_argument("--duplicates", type=_on_off, default=True, metavar="on|off",
                     help="search for duplicates and leakage (default on)")
-    ap.add_argument("--decoder", choices=BACKENDS, default="torchcodec")
+    ap.add_argument("--decoder", choices=CPU_BACKENDS, default="torchcodec")  # fastest for whole videos
     ap.add_argument("--jobs", type=_positive(int), default=1,
                     help="videos decoded in parallel (worker processes; default 1)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")

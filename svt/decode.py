@@ -92,7 +92,7 @@ def run_shard(index: Path, raw_root: Path, videos_dir: Path, shard: int, num_sha
 
 def _settings(a: argparse.Namespace) -> EncodeSettings:
     return EncodeSettings(short_side=a.short_side, fps=a.fps, gop=a.gop, crf=a.crf,
-                          preset=a.preset, min_frames=a.min_frames,
+                          preset=a.preset, fast_decode=a.fast_decode, min_frames=a.min_frames,
                           min_decoded_fraction=a.min_decoded_fraction, timeout_s=a.timeout)
 
 
@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--gop", type=int, default=16)
     s.add_argument("--crf", type=int, default=23)
     s.add_argument("--preset", default="veryfast")
+    s.add_argument("--fast-decode", action=argparse.BooleanOptionalAction, default=True,
+                   help="x264 options the training loader decodes faster (svt.video.FAST_DECODE_X264)")
     s.add_argument("--min-frames", type=int, default=16)
     s.add_argument("--min-decoded-fraction", type=float, default=0.9)
     s.add_argument("--timeout", type=float, default=600.0, help="seconds per video (at least)")

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from svt.loader import VideoDataset, uniform_indices
+from svt.loader import VideoDataset, cpu_backend, uniform_indices
 
 
 class EvalClipSampler:
@@ -114,7 +114,7 @@ def progress_bar(total: int, desc: str):
 @torch.no_grad()
 def extract_features(model: nn.Module, manifest, videos_root, size: int, frames: int,
                      norm: Mapping[str, Sequence[float]], clips: int = 1, crops: int = 3, batch_size: int = 8, num_workers: int = 0,
-                     decoder: str = "torchcodec", device: str | torch.device = "cpu",
+                     decoder: str = "pyav", device: str | torch.device = "cpu",
                      progress: bool = True) -> dict:
     """CLS features of every video of ``manifest``: ``features`` (N, D) float32 averaged over
     clips x crops, ``view_features`` (N, clips * crops, D) float16, ``labels``, ``paths``.
@@ -122,7 +122,8 @@ def extract_features(model: nn.Module, manifest, videos_root, size: int, frames:
     video (all clips' frames at once)."""
     device = torch.device(device) if not isinstance(device, torch.device) else device
     model = model.to(device).eval()
-    ds = VideoDataset(manifest, videos_root, EvalClipSampler(frames, clips), backend=decoder)
+    ds = VideoDataset(manifest, videos_root, EvalClipSampler(frames, clips),
+                      backend=cpu_backend(decoder))
     loader = torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
         collate_fn=_ViewsCollate(size, crops, norm["mean"], norm["std"]), pin_memory=device.type == "cuda")

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crops", type=int, default=3, help="spatial crops per clip")
     ap.add_argument("--batch-size", type=int, default=8, help="videos per forward pass")
     ap.add_argument("--num-workers", type=int, default=0, help="DataLoader decode workers")
-    ap.add_argument("--decoder", default="torchcodec", choices=BACKENDS)
+    ap.add_argument("--decoder", default="pyav", choices=BACKENDS)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     a = ap.parse_args(argv)
     if a.clips < 1 or a.crops < 1 or a.batch_size < 1:

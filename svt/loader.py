@@ -4,11 +4,14 @@ Every reader returns ``uint8`` frames shaped ``(N, H, W, 3)`` (RGB) in the order
 requested indices. Each distinct frame is decoded once: indices are sorted and made
 unique, the backend decodes those, and the result is gathered back into request order.
 
-Backends (all single-threaded: DataLoader workers supply the parallelism):
+Backends (the CPU ones single-threaded: DataLoader workers supply the parallelism):
 
-* ``"torchcodec"`` - torchcodec's ``VideoDecoder`` (the default, and the fastest here;
-  see ``bench/decoders.py``).
-* ``"pyav"`` - PyAV, seeking to keyframes and decoding forward.
+* ``"pyav"`` - PyAV, seeking to keyframes, decoding forward and skipping the packets of
+  unwanted non-reference frames (the default: the fastest per SVT sample on the decode
+  stage's videos, see ``bench/decoders.py``).
+* ``"torchcodec"`` - torchcodec's ``VideoDecoder`` (the fastest for whole videos).
+* ``"torchcodec-cuda"`` - torchcodec on the GPU's video decoder (NVDEC); frames come back
+  on the current CUDA device. :func:`check_gpu_decoder` says what is missing when it cannot run.
 * ``"ffmpeg"`` - an ``ffmpeg`` subprocess with a ``select`` filter, frames piped as raw RGB.
 
 Frame indices count presentation order from 0. The decode stage writes constant-fps
@@ -30,7 +33,17 @@ import torch
 
 from svt.manifest import SPLITS, ManifestRow, read_rows
 
-BACKENDS = ("torchcodec", "pyav", "ffmpeg")
+BACKENDS = ("pyav", "torchcodec", "ffmpeg", "torchcodec-cuda")
+# Readers that decode on the GPU (NVDEC) and return CUDA tensors. CUDA cannot start in a
+# forked DataLoader worker, so these decode in the process that trains (see loader_workers).
+GPU_BACKENDS = ("torchcodec-cuda",)
+CPU_BACKENDS = tuple(b for b in BACKENDS if b not in GPU_BACKENDS)
+
+
+def cpu_backend(backend: str) -> str:
+    """The CPU reader of the same library: evaluation stages decode few frames per video in
+    CPU jobs, so a GPU training decoder maps to its CPU twin there."""
+    return "torchcodec" if backend in GPU_BACKENDS else backend
 
 # Decode-stage keyframe interval; PyAV uses it to decide when a seek beats decoding
 # forward until it has seen two keyframes and can measure the real interval.
@@ -51,7 +64,7 @@ class VideoDecodeError(RuntimeError):
 # --------------------------------------------------------------------------- readers
 
 
-def read_frames(path: str | os.PathLike, indices, backend: str = "torchcodec") -> torch.Tensor:
+def read_frames(path: str | os.PathLike, indices, backend: str = "pyav") -> torch.Tensor:
     """Decode frames ``indices`` of ``path``; returns uint8 ``(len(indices), H, W, 3)``.
 
     Duplicates and any order are allowed. Raises ``IndexError`` (naming the file and its
@@ -68,7 +81,12 @@ def read_frames(path: str | os.PathLike, indices, backend: str = "torchcodec") -
         raise TypeError(f"indices must be a 1-D sequence of integers, got {idx.dtype} {idx.shape}")
     unique, inverse = np.unique(idx.astype(np.int64), return_inverse=True)
     frames = reader(path, unique.tolist())
-    return frames[torch.from_numpy(inverse.reshape(-1))]
+    inverse = inverse.reshape(-1)
+    if len(inverse) == len(unique) and (inverse == np.arange(len(unique))).all():
+        return frames  # already in request order
+    # index_select copies whole frames (memcpy); advanced indexing frames[inverse] took 9x
+    # longer for an SVT sample (26 ms vs 2.8 ms), as much as a third of decoding it
+    return frames.index_select(0, torch.from_numpy(inverse).to(frames.device))
 
 
 def _check_range(path: str, unique: list[int], num_frames: int | None) -> None:
@@ -85,23 +103,56 @@ def _check_range(path: str, unique: list[int], num_frames: int | None) -> None:
     raise IndexError(f"{path}: frame index {bad} out of range ({count})")
 
 
-def _read_torchcodec(path: str, unique: list[int]) -> torch.Tensor:
+def _read_torchcodec(path: str, unique: list[int], device: str = "cpu") -> torch.Tensor:
     from torchcodec.decoders import VideoDecoder
 
     try:
-        decoder = VideoDecoder(
-            path, dimension_order="NHWC", seek_mode=TORCHCODEC_SEEK_MODE, num_ffmpeg_threads=1
-        )
+        decoder = VideoDecoder(path, dimension_order="NHWC", seek_mode=TORCHCODEC_SEEK_MODE,
+                               num_ffmpeg_threads=1, device=device)
     except Exception as exc:  # torchcodec raises RuntimeError/ValueError with no file name
         raise VideoDecodeError(f"{path}: cannot open video ({exc})") from exc
     meta = decoder.metadata
     _check_range(path, unique, meta.num_frames)
     if not unique:
-        return torch.empty((0, meta.height, meta.width, 3), dtype=torch.uint8)
+        return torch.empty((0, meta.height, meta.width, 3), dtype=torch.uint8, device=device)
     try:
         return decoder.get_frames_at(unique).data
     except Exception as exc:
         raise VideoDecodeError(f"{path}: cannot decode frames ({exc})") from exc
+
+
+def _read_torchcodec_cuda(path: str, unique: list[int]) -> torch.Tensor:
+    return _read_torchcodec(path, unique, device=f"cuda:{torch.cuda.current_device()}")
+
+
+def check_gpu_decoder(backend: str, video: str | os.PathLike) -> None:
+    """Decode one frame of ``video`` with GPU reader ``backend``; raise ``RuntimeError`` that
+    names what is missing (CUDA device, torchcodec, its CUDA build or NVDEC) when it fails."""
+    if backend not in GPU_BACKENDS:
+        return
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"decoder {backend!r} decodes on the GPU, but torch sees no CUDA device")
+    try:
+        import torchcodec
+        from torchcodec.decoders import VideoDecoder
+    except Exception as exc:
+        raise RuntimeError(f"decoder {backend!r} needs torchcodec, which does not import: {exc}") from exc
+    try:
+        decoder = VideoDecoder(os.fspath(video), dimension_order="NHWC", device="cuda")
+        decoder.get_frames_at([0])
+    except Exception as exc:
+        raise RuntimeError(
+            f"decoder {backend!r}: torchcodec {getattr(torchcodec, '__version__', '?')} could not "
+            f"decode {video} on {torch.cuda.get_device_name()} with NVDEC ({exc}). It needs a "
+            "torchcodec wheel built with CUDA for this torch, FFmpeg with NVDEC (cuvid) and the "
+            "driver's libnvcuvid; set pretrain.decoder_fallback to decode on the CPU instead"
+        ) from exc
+
+
+def loader_workers(backend: str, num_workers: int) -> int:
+    """DataLoader workers for ``backend``: none for GPU readers (CUDA cannot start in forked
+    workers; NVDEC decodes asynchronously, so the training process keeps up)."""
+    return 0 if backend in GPU_BACKENDS else num_workers
 
 
 def _read_pyav(path: str, unique: list[int]) -> torch.Tensor:
@@ -139,13 +190,24 @@ def _read_pyav(path: str, unique: list[int]) -> torch.Tensor:
 def _pyav_decode(container, stream, unique: list[int]) -> list[np.ndarray]:
     """Decode the sorted, unique ``unique`` frames, seeking only when it saves work.
 
-    Returns fewer frames than asked when the file ends early; the caller reports that.
+    Packets are fed to the decoder by hand so that two kinds of work are skipped: H.264
+    pictures that no other picture references (``nal_ref_idc == 0``: x264's non-pyramid
+    B-frames, about 40% of the decode stage's frames) are not decoded unless they are
+    wanted, and only wanted frames are converted to RGB. Dropping such a packet cannot
+    change any other frame. Returns fewer frames than asked when the file ends early; the
+    caller reports that.
     """
+    from av.video.reformatter import VideoReformatter
+
     rate = stream.average_rate or stream.guessed_rate
     if not rate:
         raise VideoDecodeError(f"{container.name}: unknown frame rate")
     tb = stream.time_base
     start = stream.start_time or 0
+    codec = stream.codec_context
+    nal_bytes = _avc_length_size(codec)  # None: not length-prefixed H.264; decode every packet
+    wanted = set(unique)
+    to_rgb = VideoReformatter()  # one converter (SwsContext) for all frames of the call
 
     # Frame index <-> pts; exact for constant-fps files (Fractions, no float rounding).
     def to_index(pts: int) -> int:
@@ -153,6 +215,14 @@ def _pyav_decode(container, stream, unique: list[int]) -> list[np.ndarray]:
 
     def to_pts(index: int) -> int:
         return start + int(Fraction(index) / rate / tb)
+
+    def decoded(packets):
+        for packet in packets:
+            if (nal_bytes and packet.size and packet.pts is not None
+                    and to_index(packet.pts) not in wanted
+                    and not _h264_is_reference(memoryview(packet), nal_bytes)):
+                continue
+            yield from codec.decode(packet)
 
     def seek(target: int):
         # Some demuxers (by dts, by byte position) can land on a keyframe just after
@@ -165,13 +235,13 @@ def _pyav_decode(container, stream, unique: list[int]) -> list[np.ndarray]:
                 container.seek(to_pts(point), stream=stream, backward=True, any_frame=False)
             else:
                 container.seek(0)  # container start (av.time_base units): before any frame
-            frames = container.decode(stream)
-            first = next(frames, None)
+            packets = container.demux(stream)
+            first = next((p for p in packets if p.size), None)
             if first is None:
                 if point <= 0:
                     return iter(())
             elif point <= 0 or first.pts is None or to_index(first.pts) <= target:
-                return itertools.chain([first], frames)
+                return decoded(itertools.chain([first], packets))
             back = max(2 * back, DEFAULT_GOP)
 
     out: list[np.ndarray] = []
@@ -203,8 +273,32 @@ def _pyav_decode(container, stream, unique: list[int]) -> list[np.ndarray]:
                 f"{container.name}: frame {target} missing (pts jumped to frame {pos}); "
                 "is the video constant frame rate?"
             )
-        out.append(frame.to_ndarray(format="rgb24"))
+        out.append(to_rgb.reformat(frame, format="rgb24").to_ndarray())
     return out
+
+
+def _avc_length_size(codec) -> int | None:
+    """NAL length-prefix size of H.264 in mp4/mkv (from the avcC record), else ``None``."""
+    extra = codec.extradata
+    if codec.name != "h264" or not extra or len(extra) < 7 or extra[0] != 1:
+        return None  # Annex B or another codec: no cheap way to tell reference pictures
+    return (extra[4] & 3) + 1
+
+
+def _h264_is_reference(data: memoryview, nal_bytes: int) -> bool:
+    """Whether a length-prefixed H.264 access unit holds a picture others may reference.
+
+    Reads the first slice NAL's ``nal_ref_idc``; anything unexpected counts as a reference,
+    so the packet is decoded.
+    """
+    i, n = 0, len(data)
+    while i + nal_bytes < n:
+        size = int.from_bytes(data[i:i + nal_bytes], "big")
+        header = data[i + nal_bytes]
+        if header & 0x1F in (1, 5):  # coded slice (non-IDR, IDR)
+            return header & 0x60 != 0
+        i += nal_bytes + size
+    return True
 
 
 def _read_ffmpeg(path: str, unique: list[int]) -> torch.Tensor:
@@ -285,6 +379,7 @@ _READERS: dict[str, Callable[[str, list[int]], torch.Tensor]] = {
     "torchcodec": _read_torchcodec,
     "pyav": _read_pyav,
     "ffmpeg": _read_ffmpeg,
+    "torchcodec-cuda": _read_torchcodec_cuda,
 }
 
 
@@ -330,7 +425,7 @@ class VideoDataset(torch.utils.data.Dataset):
         manifest_csv: str | os.PathLike,
         videos_root: str | os.PathLike,
         clip_sampler: ClipSampler,
-        backend: str = "torchcodec",
+        backend: str = "pyav",
         split: str | None = None,
         seed: int = 0,
     ):
@@ -352,18 +447,22 @@ class VideoDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def generator(self, i: int) -> np.random.Generator:
+    def generator(self, i: int, epoch: int | None = None) -> np.random.Generator:
         """The per-item generator; SeedSequence mixes the three numbers well."""
-        return np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, i]))
+        epoch = self.epoch if epoch is None else epoch
+        return np.random.default_rng(np.random.SeedSequence([self.seed, epoch, i]))
 
-    def __getitem__(self, i: int) -> dict:
-        i = operator.index(i)  # samplers may hand numpy or torch integers
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Item ``key``, or ``(epoch, index)``: a sampler that names the epoch lets persistent
+        workers, which keep the dataset object they started with, follow the epochs."""
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
+        epoch, i = operator.index(epoch), operator.index(i)  # samplers may hand numpy/torch ints
         if not 0 <= i < len(self.rows):
             raise IndexError(f"item {i} out of range (dataset has {len(self.rows)} videos)")
         row = self.rows[i]
         path = str(self.videos_root / row.path)
         clips_idx = [np.asarray(c, dtype=np.int64).reshape(-1) for c in
-                     self.clip_sampler(row.frames, row.fps, self.generator(i))]
+                     self.clip_sampler(row.frames, row.fps, self.generator(i, epoch))]
         if not clips_idx:
             raise ValueError(f"clip_sampler returned no clips for {path}")
         t0 = time.perf_counter()
@@ -376,7 +475,7 @@ class VideoDataset(torch.utils.data.Dataset):
             raise VideoDecodeError(f"{where}: {exc}") from exc
         clips = list(torch.split(frames, [len(c) for c in clips_idx]))
         # the worker's own time for this item: the trainer reports loader throughput from it
-        return {"clips": clips, "label": row.label, "index": i, "path": path,
+        return {"clips": clips, "label": row.label, "index": i, "epoch": epoch, "path": path,
                 "load_s": time.perf_counter() - t0}
 
 

@@ -34,7 +34,8 @@ import yaml
 
 from svt import checkpoint as ckpt
 from svt import progress
-from svt.loader import VideoDataset, collate_clips
+from svt.loader import (BACKENDS, CPU_BACKENDS, GPU_BACKENDS, VideoDataset, check_gpu_decoder,
+                        collate_clips, loader_workers)
 from svt.loss import (DINOHead, MultiViewModel, SVTLoss, apply_schedules,
                       cancel_last_layer_gradients, clip_gradients, optim_schedules, param_groups,
                       update_teacher)
@@ -44,12 +45,14 @@ from svt.tracking import Tracker, flatten
 from svt.views import AugmentCollate, SVTAugment, SVTClipSampler, ViewConfig
 
 RUNTIME_KEYS = ("num_workers", "precision", "decoder", "compile", "checkpoint_every", "log_every")
+OPTIONAL_RUNTIME_KEYS = ("decoder_fallback", "prefetch", "augment_device")  # "none", 2, "auto"
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request after saving; rerun to resume
 
 
 class EpochSampler(torch.utils.data.Sampler):
     """Shuffled, rank-sharded indices that can start mid-epoch: resuming after step k of an
-    epoch continues with exactly the batches the killed run had not seen yet."""
+    epoch continues with exactly the batches the killed run had not seen yet. Yields
+    ``(epoch, index)``: the dataset draws the item's views from both, in persistent workers too."""
 
     def __init__(self, n: int, batch_size: int, rank: int, world: int, seed: int):
         self.n, self.bs, self.rank, self.world, self.seed = n, batch_size, rank, world, seed
@@ -63,7 +66,7 @@ class EpochSampler(torch.utils.data.Sampler):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.n, generator=g)[: self.batches * self.bs * self.world]
         mine = order[self.rank :: self.world]
-        return iter(mine[self.start_batch * self.bs :].tolist())
+        return iter([(self.epoch, i) for i in mine[self.start_batch * self.bs :].tolist()])
 
     def __len__(self) -> int:
         return (self.batches - self.start_batch) * self.bs
@@ -352,13 +355,34 @@ METRIC_FIELDS = ["step", "epoch", "loss", "lr", "wd", "momentum", "teacher_temp"
 def runtime_config(args: argparse.Namespace) -> dict:
     """The recipe JSON with the runtime keys; explicit arguments win over its pretrain section."""
     cfg = json.loads(args.config_json)
-    runtime = {k: getattr(args, k) for k in RUNTIME_KEYS if getattr(args, k) is not None}
+    runtime = {k: getattr(args, k) for k in (*RUNTIME_KEYS, *OPTIONAL_RUNTIME_KEYS)
+               if getattr(args, k) is not None}
     cfg["pretrain"] = {**cfg.get("pretrain", {}), **runtime}
     missing = [k for k in RUNTIME_KEYS if k not in cfg["pretrain"]]
     if missing:
         raise SystemExit(f"svt.pretrain: missing runtime settings {missing}: pass "
                          f"{' '.join('--' + k.replace('_', '-') for k in missing)}")
     return cfg
+
+
+def gpu_decoder_or_fallback(pc: dict, dataset: VideoDataset, rank: int) -> str:
+    """The training decoder: a GPU decoder is tried on the first video before training starts;
+    when it cannot run, ``pretrain.decoder_fallback`` names the CPU reader to use, and without
+    one the job stops with what is missing."""
+    backend = pc["decoder"]
+    if backend not in GPU_BACKENDS or not len(dataset):
+        return backend
+    try:
+        check_gpu_decoder(backend, dataset.videos_root / dataset.rows[0].path)
+    except RuntimeError as exc:
+        fallback = pc.get("decoder_fallback", "none")
+        if fallback == "none":
+            raise SystemExit(f"svt.pretrain: {exc}") from None
+        if rank == 0:
+            print(f"WARNING: {exc}; decoding on the CPU with {fallback!r} "
+                  "(pretrain.decoder_fallback)", file=sys.stderr, flush=True)
+        return fallback
+    return backend
 
 
 def setup(args: argparse.Namespace) -> Run:
@@ -381,16 +405,26 @@ def setup(args: argparse.Namespace) -> Run:
     augment = SVTAugment(view_cfg)
     dataset = VideoDataset(args.manifest, args.videos_root, SVTClipSampler(view_cfg),
                            backend=pc["decoder"], split="train", seed=oc["seed"])
+    dataset.backend = gpu_decoder_or_fallback(pc, dataset, rank)
     bs = oc["batch_size_per_gpu"]
     sampler = EpochSampler(len(dataset), bs, rank, world, oc["seed"])
     if sampler.batches == 0:
         raise SystemExit(f"{args.manifest}: {len(dataset)} training videos cannot fill one global "
                          f"batch of {bs} x {world}; lower optim.batch_size_per_gpu")
     on_gpu = device.type == "cuda"
-    collate = collate_clips if on_gpu else AugmentCollate(augment, oc["seed"])
+    if pc.get("augment_device", "auto") == "cpu" and dataset.backend in GPU_BACKENDS:
+        raise SystemExit(f"svt.pretrain: decoder {dataset.backend!r} leaves the frames on the GPU; "
+                         "pretrain.augment_device: cpu needs a CPU decoder")
+    gpu_augment = on_gpu and pc.get("augment_device", "auto") != "cpu"
+    # GPU augmentation: workers only decode and stack uint8 frames; CPU: they build the views
+    collate = collate_clips if gpu_augment else AugmentCollate(augment, oc["seed"])
+    workers = loader_workers(dataset.backend, pc["num_workers"])
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=bs, sampler=sampler, num_workers=pc["num_workers"], drop_last=True,
-        collate_fn=collate, pin_memory=on_gpu, persistent_workers=False,
+        dataset, batch_size=bs, sampler=sampler, num_workers=workers, drop_last=True,
+        collate_fn=collate, pin_memory=on_gpu and dataset.backend not in GPU_BACKENDS,
+        # workers live for the whole run (the sampler names each item's epoch), instead of
+        # forking them again, and refilling their queues, at every epoch start
+        persistent_workers=workers > 0, prefetch_factor=pc.get("prefetch", 2) if workers else None,
         # its own generator: drawing worker seeds from the global RNG at every epoch start
         # would make a resumed run diverge from an uninterrupted one
         generator=torch.Generator().manual_seed(oc["seed"]))
@@ -512,12 +546,12 @@ def train_step(run: Run, batch: dict, it: int, log_now: bool) -> tuple:
     lr_s, wd_s, mom_s = run.schedules
     # plain floats: numpy scalars in the optimiser state would not pass weights_only loading
     apply_schedules(run.optimizer, float(lr_s[it]), float(wd_s[it]))
-    if run.on_gpu:  # uint8 to the GPU once; crops and jitter run there
+    if isinstance(run.collate, AugmentCollate):  # views built by the loader workers
+        views = [v.to(run.device, non_blocking=True) for v in batch["views"]]
+    else:  # uint8 frames to the GPU once; crops and jitter run there
         clips = [c.to(run.device, non_blocking=True) for c in batch["clips"]]
         g = torch.Generator().manual_seed(hash((oc["seed"], run.rank, it)) % 2**63)
         views = run.augment.batch(clips, generator=g)
-    else:
-        views = [v.to(run.device) for v in batch["views"]]
     with run.autocast():
         teacher_out = run.teacher(views[:run.loss_fn.num_global])
         student_out = run.ddp_student(views)
@@ -712,7 +746,12 @@ def main(argv: list[str] | None = None) -> int:
                          "section may give the runtime settings below)")
     ap.add_argument("--num-workers", type=int, help="DataLoader workers per process")
     ap.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
-    ap.add_argument("--decoder", choices=["torchcodec", "pyav", "ffmpeg"], help="frame reader")
+    ap.add_argument("--decoder", choices=BACKENDS, help="frame reader")
+    ap.add_argument("--decoder-fallback", choices=["none", *CPU_BACKENDS],
+                    help="CPU reader used when a GPU decoder cannot run (none: stop with the reason)")
+    ap.add_argument("--prefetch", type=int, help="batches each loader worker keeps ready")
+    ap.add_argument("--augment-device", choices=["auto", "cpu"],
+                    help="auto: views built on the GPU when training on one; cpu: in the loader workers")
     ap.add_argument("--compile", choices=["off", "blocks"],
                     help="torch.compile of each transformer block (student and teacher)")
     ap.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")

@@ -46,7 +46,7 @@ from svt.config import parse_named
 from svt.eval_views import progress_bar, autocast_for, extract_features, resolve_device
 from svt.features import load_features
 from svt.knn import knn_accuracy
-from svt.loader import BACKENDS, VideoDataset
+from svt.loader import BACKENDS, VideoDataset, cpu_backend
 from svt.metrics import classification_metrics, eval_metrics, ordered, pct
 
 
@@ -243,7 +243,7 @@ def train_online(adapted: Mapping, geometries: Sequence[str], train_manifest, te
                  videos_root, class_names: Sequence[str], cfg: ProbeConfig = ProbeConfig(),
                  combine_how: str = "mean", clips: int = 1, crops: int = 3,
                  hflip: float = 0.5, crop_scale: tuple = (0.4, 1.0), num_workers: int = 0,
-                 decoder: str = "torchcodec", device: str | torch.device = "cpu",
+                 decoder: str = "pyav", device: str | torch.device = "cpu",
                  test_videos_root=None, progress: bool = True) -> dict:
     """The paper protocol: linear heads trained on the frozen backbone's CLS features of
     freshly augmented views every epoch (random temporal position, random resized crop,
@@ -260,7 +260,7 @@ def train_online(adapted: Mapping, geometries: Sequence[str], train_manifest, te
                            scale=tuple(crop_scale), blur=0.0, solarize=0.0) for g in geometries)
     view_cfg = ViewConfig(global_views=specs, local_views=(), hflip=hflip, color_jitter=0.0,
                           grayscale=0.0, mean=norm["mean"], std=norm["std"])
-    ds = VideoDataset(train_manifest, videos_root, SVTClipSampler(view_cfg), backend=decoder,
+    ds = VideoDataset(train_manifest, videos_root, SVTClipSampler(view_cfg), backend=cpu_backend(decoder),
                       seed=cfg.seed)
     n, c = len(ds), len(class_names)
     bs = min(cfg.batch_size, n)
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     on.add_argument("--hflip", type=float, default=0.5, help="flip probability (0: direction matters)")
     on.add_argument("--crop-scale", type=float, default=0.4, help="smallest random-crop area")
     on.add_argument("--num-workers", type=int, default=0)
-    on.add_argument("--decoder", default="torchcodec", choices=BACKENDS)
+    on.add_argument("--decoder", default="pyav", choices=BACKENDS)
     tracking.add_arguments(ap)
     ap.add_argument("--backbone-run-id", default=None, help="the backbone's pretraining run, tagged "
                     "on the probe's run (default: the one recorded with the backbone)")

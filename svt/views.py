@@ -18,6 +18,7 @@ the global views first, then the local ones (paper: 2 global views of 8 and 16 f
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -293,9 +294,20 @@ class SVTAugment:
     # ---- applying them (any device)
 
     def apply(self, frames: torch.Tensor, spec: ViewSpec, params: ViewParams,
-              stage_times: dict | None = None) -> torch.Tensor:
-        """Augment one view: ``uint8`` ``(T, H, W, 3)`` -> float ``(3, T, S, S)``.
-        ``stage_times``: seconds added under "crop_resize" and "augment" (bench/pretrain_e2e.py)."""
+              stage_times: dict | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Augment one view: ``uint8`` ``(T, H, W, 3)`` -> float ``(3, T, S, S)``, written into
+        ``out`` when given (e.g. the sample's slot of a batch in shared memory).
+
+        ``stage_times``: seconds added under "crop_resize" (crop, resize, flip, on ``uint8``)
+        and "augment" (the rest, from the conversion to float on; bench/pretrain_e2e.py).
+
+        After the crop every step works on each frame alone (the contrast mean is per frame,
+        as torchvision's), so on the CPU the float part runs on chunks of a few frames, in
+        place, in buffers reused across views and samples, and writes straight into the
+        output: fresh view-sized temporaries cost more in page faults than the arithmetic
+        itself, and smaller working sets stay in the caches. On a GPU the whole view is one
+        chunk.
+        """
         if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected uint8 frames (T, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
         t0 = time.perf_counter() if stage_times is not None else 0.0
@@ -304,37 +316,57 @@ class SVTAugment:
         x = TF.resized_crop(x, top, left, h, w, [spec.size, spec.size], antialias=True)
         if params.flip:
             x = TF.horizontal_flip(x)
-        x = TF.to_dtype(x, torch.float32, scale=True)
         if stage_times is not None:
             t1 = time.perf_counter()
             stage_times["crop_resize"] = stage_times.get("crop_resize", 0.0) + t1 - t0
             t0 = t1
-        for op, factor in params.jitter:
-            x = _JITTER[op](x, factor)
-        if params.gray:
-            x = TF.rgb_to_grayscale(x, num_output_channels=3)
+        frames_, size = x.shape[0], spec.size
+        if out is None:
+            out = torch.empty((3, frames_, size, size), dtype=torch.float32, device=x.device)
+        elif out.shape != (3, frames_, size, size) or out.dtype != torch.float32:
+            raise ValueError(f"out must be float32 {(3, frames_, size, size)}, got "
+                             f"{out.dtype} {tuple(out.shape)}")
+        chunk = frames_ if x.device.type != "cpu" else max(1, _CHUNK_PIXELS // (size * size))
+        ws = _cpu_scratch() if x.device.type == "cpu" else _Scratch(x.device)
+        blur = None
         if params.sigma is not None:
-            x = gaussian_blur(x, blur_kernel_size(spec.size), params.sigma)
-        if params.solarize:
-            x = TF.solarize(x, SOLARIZE_THRESHOLD)
-        x = TF.normalize(x, list(self.cfg.mean), list(self.cfg.std))
-        x = x.permute(1, 0, 2, 3).contiguous()  # (3, T, S, S)
+            blur = _Blur(size, size, blur_kernel_size(size), params.sigma, torch.float32, x.device)
+        mean = torch.tensor(self.cfg.mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.cfg.std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+        for start in range(0, frames_, chunk):
+            stop = min(frames_, start + chunk)
+            y = ws.get("y", (stop - start, 3, size, size))
+            # as TF.to_dtype(scale=True): convert, then scale by 1/255
+            y.copy_(x[start:stop]).mul_(1.0 / 255)
+            for op, factor in params.jitter:
+                _JITTER[op](y, factor, ws)
+            if params.gray:
+                _grayscale_(y, ws)
+            if blur is not None:
+                blur(y, ws)
+            if params.solarize:
+                _solarize_(y, SOLARIZE_THRESHOLD, ws)
+            # normalised straight into the (3, T, S, S) output: no separate permute copy
+            _normalize_into(y, mean, std, out[:, start:stop].permute(1, 0, 2, 3))
         if stage_times is not None:
             stage_times["augment"] = stage_times.get("augment", 0.0) + time.perf_counter() - t0
-        return x
+        return out
 
     def __call__(self, clips: Sequence[torch.Tensor], generator: torch.Generator | None = None,
-                 stage_times: dict | None = None) -> list[torch.Tensor]:
+                 stage_times: dict | None = None,
+                 out: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """One sample's views; ``out``: one ``(3, T, S, S)`` tensor per view to write into."""
         specs = self.cfg.views
         if len(clips) != len(specs):
             raise ValueError(f"got {len(clips)} clips for {len(specs)} views")
-        out = []
-        for clip, spec in zip(clips, specs):
+        views = []
+        for k, (clip, spec) in enumerate(zip(clips, specs)):
             if clip.ndim != 4:
                 raise ValueError(f"expected one clip (T, H, W, 3) per view, got shape {tuple(clip.shape)}")
             params = self.sample_params(spec, clip.shape[1], clip.shape[2], generator)
-            out.append(self.apply(clip, spec, params, stage_times))
-        return out
+            views.append(self.apply(clip, spec, params, stage_times,
+                                    out=None if out is None else out[k]))
+        return views
 
     def batch(self, clips: Sequence[torch.Tensor],
               generator: torch.Generator | None = None) -> list[torch.Tensor]:
@@ -365,42 +397,200 @@ def blur_kernel_size(size: int) -> int:
     return max(3, int(0.1 * size) // 2 * 2 + 1)
 
 
+# --------------------------------------------------------------------------- the float ops
+#
+# All of them work in place on float RGB images (..., 3, H, W) in [0, 1], on any device,
+# with temporaries taken from a _Scratch (reused across the chunks of a view). Two CPU
+# facts shaped them: a fresh large tensor costs more in page faults than the arithmetic
+# that fills it, and comparisons into bool tensors, torch.where and torch.remainder run
+# ~5-10x slower than plain arithmetic; comparisons written into float tensors (1.0 / 0.0)
+# are as fast as arithmetic.
+
+# Pixels per chunk of frames in SVTAugment.apply on the CPU (five 224 px frames, 28 of
+# 96 px): measured best between 32K and whole views. Smaller chunks pay the ~2-3 us
+# per-op dispatch more often (hue is ~35 ops), larger ones leave the caches. The scratch
+# buffers then hold ~17 MB per thread.
+_CHUNK_PIXELS = 256 * 1024
+# torchvision's grayscale weights (ITU-R 601-2 luma)
+_GRAY = (0.2989, 0.587, 0.114)
+
+
+class _Scratch:
+    """Named temporaries, allocated once and reused (a smaller request gets a prefix)."""
+
+    def __init__(self, device, dtype=torch.float32):
+        self.device, self.dtype, self._flat = device, dtype, {}
+
+    def get(self, name: str, shape) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self._flat.get(name)
+        if buf is None or buf.numel() < n:
+            buf = self._flat[name] = torch.empty(n, dtype=self.dtype, device=self.device)
+        return buf[:n].view(shape)
+
+
+_LOCAL = threading.local()
+
+
+def _cpu_scratch() -> _Scratch:
+    """This thread's CPU scratch, kept between views and samples: a buffer that was touched
+    once costs no page faults when reused. (Other devices' allocators cache memory anyway.)"""
+    ws = getattr(_LOCAL, "scratch", None)
+    if ws is None:
+        ws = _LOCAL.scratch = _Scratch(torch.device("cpu"))
+    return ws
+
+
+def _gray(x: torch.Tensor, ws: _Scratch) -> torch.Tensor:
+    """Grey level (..., H, W) of RGB ``x``: torchvision's formula and order of operations."""
+    r, g, b = x.unbind(-3)
+    return torch.mul(r, _GRAY[0], out=ws.get("gray", r.shape)).add_(g, alpha=_GRAY[1]).add_(b, alpha=_GRAY[2])
+
+
+def _brightness_(x: torch.Tensor, factor: float, ws: _Scratch) -> torch.Tensor:
+    """TF.adjust_brightness in place (the same ops: the same result)."""
+    return x.mul_(factor).clamp_(0, 1)
+
+
+def _contrast_(x: torch.Tensor, factor: float, ws: _Scratch) -> torch.Tensor:
+    """TF.adjust_contrast in place: blend each image with its mean grey level, taken here as
+    the weighted mean of its channel means (equal to float rounding, no grey image)."""
+    weights = torch.tensor(_GRAY, dtype=x.dtype, device=x.device)
+    mean = x.mean(dim=(-2, -1)) @ weights
+    return x.mul_(factor).add_(mean[..., None, None, None], alpha=1.0 - factor).clamp_(0, 1)
+
+
+def _saturation_(x: torch.Tensor, factor: float, ws: _Scratch) -> torch.Tensor:
+    """TF.adjust_saturation in place (the same ops: the same result)."""
+    gray = _gray(x, ws).unsqueeze(-3)  # before x changes
+    return x.mul_(factor).add_(gray, alpha=1.0 - factor).clamp_(0, 1)
+
+
+def _grayscale_(x: torch.Tensor, ws: _Scratch) -> torch.Tensor:
+    """TF.rgb_to_grayscale(num_output_channels=3) in place."""
+    return x.copy_(_gray(x, ws).unsqueeze(-3).expand_as(x))
+
+
+def _solarize_(x: torch.Tensor, threshold: float, ws: _Scratch) -> torch.Tensor:
+    """TF.solarize in place, exactly: ``|x - [x >= threshold]|`` is ``1 - x`` at and above
+    the threshold and ``x`` below it (x >= 0); torch.where costs ~10x more on the CPU."""
+    step = torch.ge(x, threshold, out=ws.get("step", x.shape))
+    return x.sub_(step).abs_()
+
+
+def _normalize_into(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """TF.normalize's ops, written into ``out`` (any strides, e.g. a permuted view)."""
+    return torch.sub(x, mean, out=out).div_(std)
+
+
+def _hue_(x: torch.Tensor, shift: float, ws: _Scratch) -> torch.Tensor:
+    """:func:`adjust_hue` in place, in ~35 passes over one image plane and no branches.
+
+    A hue rotation keeps each pixel's max V and chroma C = max - min. The hue H in sextants,
+    [0, 6], comes from Hocevar's branchless RGB -> HSV, with torchvision's choice where
+    channels tie (red wins, then green): with s1 = [g < b], s2 = [r < max(g, b)],
+    H = |q + u / C|, q = -6 s1 + s2 (12 s1 - 2), u = max(g, b) - min(g, b) + s2 (r - max(g, b)).
+    HSV -> RGB is channel = V - C clamp(min(k, 4 - k), 0, 1), k = (H' + n) mod 6 for
+    n = 5, 3, 1 and H' = H + 6 shift. With p = H' + 3 wrapped into [-3, 3] that is
+    R = V - 2C + C clamp(|p|, 1, 2), G = V + C - C clamp(|p + 1|, 1, 2),
+    B = V + C - C clamp(|p - 1|, 1, 2). Selections are products with 1.0/0.0 masks and the
+    wrap one conditional subtraction: no where or remainder kernels (slow on the CPU).
+    """
+    r, g, b = x.unbind(-3)
+    plane, get = r.shape, ws.get
+    gb_max = torch.maximum(g, b, out=get("h0", plane))
+    gb_min = torch.minimum(g, b, out=get("h1", plane))
+    s1 = torch.lt(g, b, out=get("h2", plane))
+    s2 = torch.lt(r, gb_max, out=get("h3", plane))
+    v = torch.maximum(r, gb_max, out=get("h4", plane))
+    c = torch.minimum(r, gb_min, out=get("h5", plane))
+    torch.sub(v, c, out=c)  # chroma
+    u = torch.sub(r, gb_max, out=get("h6", plane))
+    u.mul_(s2).add_(torch.sub(gb_max, gb_min, out=gb_max))
+    q = torch.mul(s1, 12, out=gb_min).sub_(2).mul_(s2).sub_(s1, alpha=6)
+    # grey pixels (C = 0) get u = 0, any hue: their result is V whatever the hue
+    hue = u.div_(torch.clamp(c, min=torch.finfo(x.dtype).tiny, out=gb_max)).add_(q).abs_()
+    # p = H + 6 shift + 3 in [-3, 9), then wrapped into [-3, 3)
+    p = hue.add_((6 * shift) % 6 - 3)
+    p.sub_(torch.ge(p, 3, out=s1), alpha=6)
+    a = gb_min
+    base = torch.sub(v, c, alpha=2, out=s2)
+    torch.addcmul(base, c, torch.abs(p, out=a).clamp_(1, 2), out=r)
+    base = torch.add(v, c, out=s2)
+    torch.addcmul(base, c, torch.add(p, 1, out=a).abs_().clamp_(1, 2), value=-1, out=g)
+    torch.addcmul(base, c, torch.sub(p, 1, out=a).abs_().clamp_(1, 2), value=-1, out=b)
+    return x
+
+
+def adjust_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
+    """Rotate the HSV hue of float RGB images ``(..., 3, H, W)`` in [0, 1] by ``shift`` turns.
+
+    Equals torchvision's ``adjust_hue`` to float rounding at a fraction of its cost (see
+    :func:`_hue_`, which SVTAugment calls in place).
+    """
+    return _hue_(x.clone(), shift, _Scratch(x.device, x.dtype))
+
+
+# Gaussian blur on the CPU as block-banded products from this side on (smaller: dense),
+# in row blocks of _BLUR_BLOCK.
+_BANDED_MIN_SIZE = 64
+_BLUR_BLOCK = 32
+
+
+class _Blur:
+    """Gaussian blur of (..., H, W) float images in place: ``B_h @ x @ B_w^T`` with the 1-D
+    blur matrices (:func:`_blur_matrix`).
+
+    Each matrix is banded (output i reads inputs i - k//2 .. i + k//2, reflections
+    included), so on the CPU each row block of 32 outputs is multiplied only by the ~32 + k
+    inputs it reads: ~2x faster than the dense products at 224 px (k = 23) and ~1.3x at
+    96 px, with the same sums of the same products. On a GPU (two large kernels instead of
+    dozens of small ones) and for small images the dense products are used.
+    """
+
+    def __init__(self, height: int, width: int, kernel_size: int, sigma: float,
+                 dtype=torch.float32, device="cpu"):
+        device = torch.device(device)
+        self.bh = _blur_matrix(height, kernel_size, sigma).to(device=device, dtype=dtype)
+        self.bw = self.bh if width == height else _blur_matrix(width, kernel_size, sigma).to(device=device, dtype=dtype)
+        self.half = (kernel_size - 1) // 2
+        self.banded = device.type == "cpu" and min(height, width) >= _BANDED_MIN_SIZE
+
+    def __call__(self, x: torch.Tensor, ws: _Scratch) -> torch.Tensor:
+        tmp = ws.get("blur", x.shape)
+        if not self.banded:
+            torch.matmul(self.bh, x, out=tmp)
+            return torch.matmul(tmp, self.bw.T, out=x)
+        # tmp = x @ B_w^T: output columns j0:j1 read input columns c0:c1
+        bwt = self.bw.T
+        for (j0, j1), (c0, c1) in _bands(x.shape[-1], self.half):
+            torch.matmul(x[..., c0:c1], bwt[c0:c1, j0:j1], out=tmp[..., j0:j1])
+        # x = B_h @ tmp: output rows i0:i1 read rows c0:c1
+        for (i0, i1), (c0, c1) in _bands(x.shape[-2], self.half):
+            torch.matmul(self.bh[i0:i1, c0:c1], tmp[..., c0:c1, :], out=x[..., i0:i1, :])
+        return x
+
+
+def _bands(n: int, half: int):
+    """(output block, input range) pairs covering n outputs of a band of half-width ``half``."""
+    for i0 in range(0, n, _BLUR_BLOCK):
+        i1 = min(n, i0 + _BLUR_BLOCK)
+        yield (i0, i1), (max(0, i0 - half), min(n, i1 + half))
+
+
 def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
     """Gaussian blur of float images ``(..., H, W)``, equal to torchvision's ``gaussian_blur``
     (same kernel, reflect padding) to float rounding.
 
     torchvision convolves with the full k x k kernel: about 0.25 s for 16 frames at 224 px
     on one CPU core. The blur is separable and, with reflect padding, linear along each
-    axis, so here it is two matrix products ``B_h @ x @ B_w^T``: ~8x faster on a CPU and two
-    kernels on a GPU (where TF32 matmuls, if enabled, still leave errors far below a grey level).
+    axis, so here it is two products with banded matrices ``B_h @ x @ B_w^T`` (see
+    :class:`_Blur`): two kernels on a GPU, where TF32 matmuls, if enabled, still leave
+    errors far below a grey level.
     """
     h, w = x.shape[-2:]
-    bh = _blur_matrix(h, kernel_size, sigma).to(device=x.device, dtype=x.dtype)
-    bw = bh if w == h else _blur_matrix(w, kernel_size, sigma).to(device=x.device, dtype=x.dtype)
-    return bh @ x @ bw.T
-
-
-def adjust_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
-    """Rotate the HSV hue of float RGB images ``(..., 3, H, W)`` in [0, 1] by ``shift`` turns.
-
-    Equals torchvision's ``adjust_hue`` to float rounding at about half its cost (hue was
-    the most expensive augmentation): a hue rotation keeps each pixel's max (V) and chroma
-    (max - min), so only the hue is computed and put back with the closed-form HSV -> RGB.
-    """
-    r, g, b = x.unbind(-3)
-    maxc, minc = x.amax(-3), x.amin(-3)
-    chroma = maxc - minc
-    # Hue in sextants (0..6); red wins ties, then green, as in torchvision. Grey pixels
-    # (chroma 0) get any hue: the result below is their value whatever the hue.
-    num = torch.where(maxc == r, g - b, torch.where(maxc == g, (b - r).add_(chroma, alpha=2),
-                                                    (r - g).add_(chroma, alpha=4)))
-    hue = num.div_(torch.where(chroma > 0, chroma, 1)).add_(6 * shift).unsqueeze(-3)
-    # HSV -> RGB: channel = V - C * clamp(min(k, 4 - k), 0, 1), k = (n + hue) mod 6 with
-    # n = 5, 3, 1 for R, G, B.
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(3, 1, 1)
-    k = torch.remainder(hue + n, 6)
-    k = torch.minimum(k, 4 - k).clamp_(0, 1)
-    return maxc.unsqueeze(-3) - chroma.unsqueeze(-3) * k
+    y = x.clone(memory_format=torch.contiguous_format)
+    return _Blur(h, w, kernel_size, sigma, x.dtype, x.device)(y, _Scratch(x.device, x.dtype))
 
 
 def _blur_matrix(n: int, kernel_size: int, sigma: float) -> torch.Tensor:
@@ -447,11 +637,12 @@ def _crop_params(u: list[float], height: int, width: int, scale, ratio) -> tuple
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+# Colour jitter ops, in place: op(x, factor, scratch)
 _JITTER = {
-    "brightness": TF.adjust_brightness,
-    "contrast": TF.adjust_contrast,
-    "saturation": TF.adjust_saturation,
-    "hue": adjust_hue,  # torchvision's, faster (see adjust_hue)
+    "brightness": _brightness_,
+    "contrast": _contrast_,
+    "saturation": _saturation_,
+    "hue": _hue_,
 }
 
 
@@ -469,13 +660,26 @@ class AugmentCollate:
 
     def __call__(self, batch: list[dict]) -> dict:
         t0 = time.perf_counter()
-        per_sample = []
-        for item in batch:
-            state = np.random.SeedSequence([self.seed, self.epoch, item["index"]]).generate_state(1)
+        # Each sample writes its views straight into the batch tensors, which a worker
+        # allocates in shared memory (as torch's default_collate does): no stacking copy, and
+        # no second copy into shared memory when the batch is sent to the training process.
+        shared = torch.utils.data.get_worker_info() is not None
+        views = [batch_tensor((len(batch), 3, spec.frames, spec.size, spec.size), shared)
+                 for spec in self.augment.cfg.views]
+        for b, item in enumerate(batch):
+            epoch = item.get("epoch", self.epoch)  # set by the dataset: persistent workers
+            state = np.random.SeedSequence([self.seed, epoch, item["index"]]).generate_state(1)
             g = torch.Generator().manual_seed(int(state[0]))
-            per_sample.append(self.augment(item["clips"], generator=g))
-        views = [torch.stack(v) for v in zip(*per_sample)]
+            self.augment(item["clips"], generator=g, out=[v[b] for v in views])
         # the worker's time for this batch: decoding (per item) plus augmenting and stacking
         load_s = sum(b.get("load_s", 0.0) for b in batch) + time.perf_counter() - t0
         return {"views": views, "label": torch.tensor([b["label"] for b in batch], dtype=torch.long),
                 "load_s": load_s}
+
+
+def batch_tensor(shape: tuple, shared: bool) -> torch.Tensor:
+    """An uninitialised float32 tensor, in shared memory when ``shared``."""
+    if not shared:
+        return torch.empty(shape, dtype=torch.float32)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
+    return torch.empty(0, dtype=torch.float32).set_(storage).view(shape)

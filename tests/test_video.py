@@ -134,3 +134,18 @@ def test_output_name_never_collides():
     assert output_name("a/b") == "a/b.mp4"
     assert len({output_name(n) for n in ("x.mp4", "x.avi", "x.webm")}) == 3
     # "x" and "x.mp4" do map to one name: the decode shard rejects the second (test_decode)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_fast_decode_encoding(video_factory, tmp_path, fast):
+    """decode.fast_decode: CAVLC and B-frames no frame references (the loader skips those);
+    x264 records its options in the stream, so read them back from the file."""
+    src = video_factory(size=(160, 120), fps=25, seconds=2)
+    out = tmp_path / "out.mp4"
+    transcode(src, out, EncodeSettings(short_side=64, fps=30, gop=16, min_frames=16, fast_decode=fast))
+    check_encoded(out, 86, 64, 60)
+    assert keyframe_positions(out) == [0, 16, 32, 48]
+    options = out.read_bytes().split(b"x264 - core", 1)[1][:2000]
+    assert (b"cabac=0" in options) == fast and (b"cabac=1" in options) != fast
+    assert (b"b_pyramid=0" in options) == fast and (b"b_pyramid=2" in options) != fast
+    assert b"bframes=3" in options  # still B-frames: they are what the loader can skip

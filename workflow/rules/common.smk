@@ -71,7 +71,8 @@ def dataset_index(name: str):
     return _index_dataset(name)
 
 
-DECODE_KEYS = ("short_side", "fps", "gop", "crf", "preset", "min_frames", "min_decoded_fraction")
+DECODE_KEYS = ("short_side", "fps", "gop", "crf", "preset", "fast_decode", "min_frames",
+               "min_decoded_fraction")
 
 
 def data_hash(name: str) -> str:
@@ -120,7 +121,10 @@ def decode_args(wildcards) -> str:
     args = ["--raw-root", spec["root"], "--num-shards", str(dec["shards"])]
     for key in (*DECODE_KEYS, "timeout_s"):
         flag = "--timeout" if key == "timeout_s" else f"--{key.replace('_', '-')}"
-        args += [flag, str(dec[key])]
+        if isinstance(dec[key], bool):  # a switch: --fast-decode / --no-fast-decode
+            args.append(flag if dec[key] else f"--no-{flag[2:]}")
+        else:
+            args += [flag, str(dec[key])]
     return shlex.join(args)
 
 
