@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 # Rules call `python -m svt.<step>`: the venv's python must come first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo demo-data test lint bench clean dashboard mlflow-server mlflow-server-stop results
+.PHONY: setup demo demo-data test lint bench clean gc dashboard mlflow-server mlflow-server-stop results
 
 setup:            ## create .venv with pinned dependencies; install ffmpeg if missing
 	bash scripts/setup.sh
@@ -50,5 +50,8 @@ mlflow-server:    ## background tracking server for cluster runs (PID file in $(
 mlflow-server-stop: ## stop it
 	RESULTS="$(RESULTS)" PORT="$(PORT)" VENV="$(VENV)" bash scripts/mlflow-server.sh stop
 
-clean:            ## remove demo outputs (keeps .venv)
-	rm -rf results/demo logs/demo $(DEMO_DATA) .snakemake
+gc:               ## list stage outputs no experiment uses, with sizes; CONFIRM=yes removes them
+	@$(PY) -m svt.gc --results-dir $(RESULTS) $(if $(filter yes,$(CONFIRM)),--delete,)
+
+clean:            ## remove every experiment's outputs (stage outputs are shared), logs/ and the demo data; keeps .venv and the MLflow store
+	rm -rf results/data results/curate results/pretrain results/evaluate results/experiments logs $(DEMO_DATA) .snakemake

@@ -46,6 +46,7 @@ wildcard_constraints:
 # snakemake process, also under --profile slurm; everything that decodes or computes is a job.
 localrules:
     all,
+    experiment,
     data,
     index,
     decode_report,
@@ -57,6 +58,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/curate.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/experiment.smk"
 
 
 rule all:
@@ -65,6 +67,7 @@ rule all:
         curate_outputs,
         pretrain_outputs,
         evaluate_outputs,
+        experiment_outputs,
     default_target: True
 
 

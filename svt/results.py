@@ -1,8 +1,11 @@
-"""Where a workflow run's results are: ``python -m svt.results`` (``make results``).
+"""Where an experiment's results are: ``python -m svt.results`` (``make results``).
 
-The workflow's ``onsuccess`` writes ``<results_dir>/<experiment>/latest.json`` (what the last
-successful invocation produced and where); this prints that run's evaluation table and the
-paths of its outputs, logs and tracking store. It runs nothing.
+Stage outputs are shared between experiments (``<results_dir>/data/<dataset>-<hash>/``,
+``curate/``, ``pretrain/``, ``evaluate/``: named by what they depend on). The workflow's rule
+``experiment`` writes the experiment's own folder, ``<results_dir>/experiments/<experiment>/``
+(``--write``): ``config.yaml`` (the resolved config), ``latest.json`` (the outputs it used,
+with their paths) and ``table.md`` (its evaluation table). Without ``--write`` this prints
+that table and the paths; it runs nothing.
 """
 
 from __future__ import annotations
@@ -16,13 +19,29 @@ from pathlib import Path
 LATEST = "latest.json"
 
 
-def write_latest(path: Path, outputs: dict[str, list[str] | str], tracking_uri: str,
-                 config_files: list[str]) -> dict:
-    """Record the outputs of a finished invocation (atomically: a reader never sees half)."""
+def experiment_dir(results_dir: str | Path, experiment: str) -> Path:
+    return Path(results_dir, "experiments", experiment)
+
+
+def write_record(path: Path, record_json: str, tracking_uri: str) -> dict:
+    """Write an experiment's folder (each file atomically: a reader never sees half):
+    ``latest.json`` at ``path``, ``config.yaml`` and ``table.md`` beside it."""
+    import yaml
+
     from svt.atomic import write_text_atomic
 
-    record = {"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "config_files": config_files,
-              "tracking_uri": tracking_uri, "outputs": outputs}
+    given = json.loads(record_json)
+    folder = Path(path).parent
+    record = {"finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "config_files": [str(folder / "config.yaml")],
+              "tracking_uri": tracking_uri, "outputs": given["outputs"]}
+    header = ("# The experiment's config as resolved by the workflow (config.yaml, presets and\n"
+              "# --config); the runtime sections (pretrain, cluster, tracking) change no result\n"
+              "# and are not recorded here.\n")
+    write_text_atomic(folder / "config.yaml", header + yaml.safe_dump(given["config"], sort_keys=False))
+    tables = [Path(t) for t in given["outputs"].get("table", []) if Path(t).is_file()]
+    write_text_atomic(folder / "table.md", tables[0].read_text() if tables else
+                      "(this experiment evaluated nothing)\n")
     write_text_atomic(path, json.dumps(record, indent=2) + "\n")
     return record
 
@@ -51,8 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m svt.results", description=__doc__.split("\n\n")[0])
     ap.add_argument("--results-dir", type=Path, default=Path("results"))
     ap.add_argument("--experiment", default="demo", help="the config's experiment name")
+    ap.add_argument("--write", type=Path, metavar="LATEST_JSON",
+                    help="write an experiment record there instead (rule experiment)")
+    ap.add_argument("--record-json", help="with --write: config, config files and outputs (JSON)")
+    ap.add_argument("--tracking-uri", default="", help="with --write: the MLflow store")
     a = ap.parse_args(argv)
-    path = a.results_dir / a.experiment / LATEST
+    if a.write:
+        if not a.record_json:
+            ap.error("--write needs --record-json")
+        record = write_record(a.write, a.record_json, a.tracking_uri)
+        print(f"experiment record {a.write}: {sum(map(len, record['outputs'].values()))} outputs")
+        return 0
+    path = experiment_dir(a.results_dir, a.experiment) / LATEST
     if not path.is_file():
         print(f"svt.results: no finished run of experiment {a.experiment!r} under {a.results_dir}/ "
               f"({path} is missing). Run the workflow first, e.g. `make demo`.", file=sys.stderr)

@@ -60,7 +60,7 @@ def runs(client) -> list:
 
 def test_one_parent_run_with_a_child_per_stage(workflow_run, tmp_path):
     work, cfg_path, client = workflow_run
-    out = work / "results" / "t"
+    out = work / "results"  # stage outputs: shared by experiments, named by hashes
     all_runs = runs(client)
     (parent,) = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
     children = {r.info.run_name: r for r in all_runs if r is not parent}

@@ -22,7 +22,7 @@ from svt.code_hash import code_hash, imported_modules
 from svt.demo_data import generate
 
 AFTER_CURATE = {"curate", "pretrain", "adapt", "features", "probe", "eval_table"}
-# (file, function edited, rules the dry run must plan); `all` aside
+# (file, function edited, rules the dry run must plan); `all` and `experiment` aside
 EDITS = {
     "table formatting": ("svt/table.py", "format_table", {"eval_table"}),
     "probe": ("svt/probe.py", "train_linear", {"probe", "eval_table"}),
@@ -61,7 +61,7 @@ def planned_rules(res: subprocess.CompletedProcess) -> set[str]:
         words = line.split()
         if len(words) == 2 and words[0] in ("rule", "localrule") and words[1].endswith(":"):
             rules.add(words[1][:-1])
-    return rules - {"all"}
+    return rules - {"all", "experiment"}  # the experiment's record follows every change
 
 
 def edit_function(path: Path, name: str) -> str:

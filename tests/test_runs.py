@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 SCRIPT = REPO / "scripts" / "slurm-local.sh"
 PROFILES = ["--profile", str(REPO / "slurm"), "--profile", str(REPO / "profiles" / "local-slurm")]
-LOCAL_RULES = {"all", "data", "index", "decode_report", "manifest", "eval_table"}
+LOCAL_RULES = {"all", "data", "index", "decode_report", "manifest", "eval_table", "experiment"}
 DATA_RULES = {"index", "decode_shard", "decode_report", "manifest"}
 
 
@@ -76,15 +76,21 @@ def dry(wd: Path, cfg: dict, *args: str, snakefile: Path | None = None) -> dict[
 
 def test_whole_pipeline_outputs(local_run):
     wd, _, stats, printed = local_run
-    out = wd / "results" / "t"
+    out = wd / "results"
     (table,) = out.glob("evaluate/*/probe-*/table.md")
     text = table.read_text()
     assert "| pretrained-demo |" in text and "| random-demo |" in text
     assert "| pretrained-demo |" in printed  # the table is printed at the end of the run
     # ... at the end (onsuccess), with where everything is; `make results` prints it again
     assert "Evaluation table (" in printed and "per-rule logs:" in printed
-    latest = json.loads((out / "latest.json").read_text())
+    # the experiment's folder: what it is (config), what it used (outputs), what it gave (table)
+    exp = out / "experiments" / "t"
+    latest = json.loads((exp / "latest.json").read_text())
     assert latest["outputs"]["table"] == [str(table.relative_to(wd))]
+    assert (exp / "table.md").read_text() == text
+    assert yaml.safe_load((exp / "config.yaml").read_text())["experiment"] == "t"
+    for paths in latest["outputs"].values():
+        assert all((wd / p).exists() for p in paths), paths
     assert {"data", "curate", "pretrain", "evaluate", "logs"} <= {k for k, v in latest["outputs"].items() if v}
     res = subprocess.run([sys.executable, "-m", "svt.results", "--results-dir", "results", "--experiment", "t"],
                          cwd=wd, capture_output=True, text=True)
@@ -125,7 +131,7 @@ def test_probe_change_reruns_only_the_probe(local_run):
     wd, cfg, *_ = local_run
     changed = copy.deepcopy(cfg)
     changed["evaluate"]["probe_lr"] = 0.01
-    assert dry(wd, changed) == {"probe": 2, "eval_table": 1, "all": 1}
+    assert dry(wd, changed) == {"probe": 2, "eval_table": 1, "experiment": 1, "all": 1}
 
 
 def test_until_and_forcerun(local_run):
@@ -150,7 +156,7 @@ def test_code_edits_are_detected_and_listed(local_run, tmp_path):
     snakefile = checkout / "Snakefile"
     with open(checkout / "svt" / "probe.py", "a") as f:
         f.write("\n# an edit\n")
-    assert dry(wd, cfg, snakefile=snakefile) == {"probe": 2, "eval_table": 1, "all": 1}
+    assert dry(wd, cfg, snakefile=snakefile) == {"probe": 2, "eval_table": 1, "experiment": 1, "all": 1}
     res = snakemake(wd, "-s", str(snakefile), "-n", "--configfile", str(wd / "tiny.yaml"))
     assert re.search(r"params have changed since last execution:\s+probe", res.stdout + res.stderr)
 
@@ -163,12 +169,34 @@ def test_code_edits_are_detected_and_listed(local_run, tmp_path):
     assert len(listed) == 1 and listed[0].endswith("/table.md"), res.stdout
 
 
-def test_two_experiments_never_share_outputs(local_run):
+def test_two_experiments_share_the_stage_outputs(local_run):
+    """A new experiment name with the same data and recipe runs nothing: every stage output
+    is keyed by what it depends on, not by the experiment; it still gets its own folder."""
     wd, cfg, *_ = local_run
     other = copy.deepcopy(cfg)
     other["experiment"] = "u"
-    plan = dry(wd, other)
-    assert plan["decode_shard"] == 1 and plan["pretrain"] == 1  # its own folder: results/u/...
+    path = write(wd, other, "u.yaml")
+    assert dry(wd, other) == {"experiment": 1, "all": 1}  # only its own folder is written
+    res = snakemake(wd, "--cores", "1", "--configfile", str(path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert job_stats(res) == {"experiment": 1, "all": 1}
+    assert "Evaluation table (" in res.stdout + res.stderr  # printed at the end, as for any run
+    t, u = wd / "results" / "experiments" / "t", wd / "results" / "experiments" / "u"
+    assert (u / "table.md").read_text() == (t / "table.md").read_text()
+    assert json.loads((u / "latest.json").read_text())["outputs"] == json.loads(
+        (t / "latest.json").read_text())["outputs"]
+    assert yaml.safe_load((u / "config.yaml").read_text())["experiment"] == "u"
+    assert dry(wd, other) == {}
+    # every stage folder on disk is one an experiment uses: `make gc` finds nothing to list
+    gc = subprocess.run([sys.executable, "-m", "svt.gc"], cwd=wd, capture_output=True, text=True,
+                        env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert gc.returncode == 0 and "every stage folder" in gc.stdout, gc.stdout + gc.stderr
+    # another learning rate: pretraining and evaluation again, no data or curation job
+    lr = copy.deepcopy(other)
+    lr["optim"]["lr"] = 2 * cfg["optim"].get("lr", 5e-4)
+    plan = dry(wd, lr)
+    assert plan.get("pretrain") == 1 and plan.get("probe") == 1, plan  # the random baseline stays
+    assert not {"index", "decode_shard", "decode_report", "manifest", "curate"} & set(plan), plan
 
 
 # ---- a real SLURM on localhost --------------------------------------------------------------
@@ -252,7 +280,7 @@ def test_pipeline_under_slurm_runs_every_job_through_sbatch_and_matches_local(lo
     assert all("gres:gpu:1" in j.get("TresPerJob", "") for j in jobs if j["rule"] == "features")
 
     # same outputs as the local run: manifests, the trained weights, the final table
-    local_out, slurm_out = local_wd / "results" / "t", wd / "results" / "t"
+    local_out, slurm_out = local_wd / "results", wd / "results"
     for rel in ("data/*/manifest/train.csv", "data/*/manifest/test.csv", "curate/*/pretrain_manifest.csv",
                 "evaluate/*/probe-*/table.md"):
         (a,), (b,) = local_out.glob(rel), slurm_out.glob(rel)
@@ -294,7 +322,7 @@ def test_time_limit_kill_resumes_from_the_checkpoint(slurm_run, local_run):
         def resumed():
             jobs = [j for j in slurm_jobs(wd) if j["rule"] == "pretrain"]
             # every attempt's lines (the rule's log holds only the latest attempt)
-            logs = list((wd / "results" / "t" / "pretrain").glob("*/checkpoints/train.log"))
+            logs = list((wd / "results" / "pretrain").glob("*/checkpoints/train.log"))
             text = "\n".join(p.read_text() for p in logs)
             timeouts = [j for j in jobs if j["JobState"] == "TIMEOUT"]
             return (timeouts, jobs, text) if timeouts and "resumed from" in text else None

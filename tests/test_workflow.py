@@ -45,7 +45,7 @@ def test_data_stage_end_to_end(demo, tmp_path):
         "odd": {"format": "folder", "root": str(hostile)},
     }, max_reject_fraction=0.3)
     snakemake(tmp_path, "data", "--configfile", str(cfg))
-    out = tmp_path / "results" / "t" / "data"
+    out = tmp_path / "results" / "data"
     (demo_dir,) = out.glob("demo-*")
     train = read_rows(demo_dir / "manifest" / "train.csv", ManifestRow)
     test = read_rows(demo_dir / "manifest" / "test.csv", ManifestRow)
@@ -62,7 +62,7 @@ def test_data_stage_end_to_end(demo, tmp_path):
     assert [r.source for r in rejects] == ["a b/broken.mp4"] and rejects[0].reason.startswith("unreadable")
     assert json.loads((odd_dir / "summary.json").read_text())["rejected"] == 1
     # one log per job under logs/
-    logs = sorted(p.name for p in (tmp_path / "logs" / "t" / "data" / demo_dir.name).iterdir())
+    logs = sorted(p.name for p in (tmp_path / "logs" / "data" / demo_dir.name).iterdir())
     assert logs == ["decode-0.log", "decode-1.log", "index.log", "manifest-test.log",
                     "manifest-train.log", "report.log"]
     # a second run has nothing to do; a changed decode setting gets a new folder
@@ -81,8 +81,8 @@ def test_too_many_rejects_fail_the_stage_but_keep_the_report(tmp_path):
     cfg = write_config(tmp_path, {"d": {"format": "folder", "root": str(root)}}, max_reject_fraction=0.1)
     res = snakemake(tmp_path, "data", "--configfile", str(cfg), check=False)
     assert res.returncode != 0
-    (ddir,) = (tmp_path / "results" / "t" / "data").glob("d-*")
-    log = (tmp_path / "logs" / "t" / "data" / ddir.name / "manifest-train.log").read_text()
+    (ddir,) = (tmp_path / "results" / "data").glob("d-*")
+    log = (tmp_path / "logs" / "data" / ddir.name / "manifest-train.log").read_text()
     assert "1 of 2 videos were rejected" in log and "max_reject_fraction=0.1" in log
     assert [r.source for r in read_rows(ddir / "rejects.csv", RejectRow)] == ["ok/bad.mp4"]
     assert (ddir / "videos" / "ok" / "good.mp4").exists()  # finished work is kept

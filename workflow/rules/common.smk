@@ -17,8 +17,13 @@ sys.path.insert(0, str(REPO))
 
 from svt.datasets import DatasetError, load_index
 
-RESULTS = str(Path(config["results_dir"], config["experiment"]))
-LOGS = str(Path(config["logs_dir"], config["experiment"]))
+# Stage outputs are shared by every experiment: their folders are named by the hash of what
+# they depend on (<results_dir>/data/<dataset>-<hash>/, pretrain/<dataset>-<hash>/, ...), never
+# by the experiment, so two experiments with the same data and recipe decode and train once.
+# The experiment's own folder holds what it is: its config, the outputs it used, its table.
+RESULTS = str(config["results_dir"])
+LOGS = str(config["logs_dir"])  # logs/<stage>/<same folder name as the output>/...
+EXPERIMENT_DIR = str(Path(config["results_dir"], "experiments", config["experiment"]))
 
 
 def stage_hash(obj) -> str:
@@ -232,6 +237,10 @@ def tracking_experiment() -> str:
 # Jobs (local, or SLURM with sbatch --export=ALL) read the tracking URI from here.
 TRACKING_ENV = "SVT_TRACKING_URI"
 os.environ[TRACKING_ENV] = tracking_uri()
+# the MLflow experiment too: outputs are shared by experiments, so naming another experiment
+# must not rerun jobs through a changed param
+EXPERIMENT_ENV = "SVT_MLFLOW_EXPERIMENT"
+os.environ[EXPERIMENT_ENV] = tracking_experiment()
 
 
 def tracking_args(rule_name: str):
@@ -239,14 +248,14 @@ def tracking_args(rule_name: str):
     wildcards). The parent run id, git commit and config hash reach the job through the
     environment (svt.tracking.PARENT_ENV ...), not through params, which would rerun jobs."""
     def args(wildcards) -> str:
-        out = ["--experiment", tracking_experiment(), "--tag", f"svt.rule={rule_name}"]
+        out = ["--tag", f"svt.rule={rule_name}"]
         wc = dict(wildcards.items())
         if wc:
             pairs = ",".join(f"{k}={v}" for k, v in sorted(wc.items()))
             out += ["--tag", f"svt.wildcards={pairs}"]
         # the URI comes from the environment (see TRACKING_ENV): pointing the workflow at a
         # tracking server must not rerun every job, as a changed param would
-        return f'--tracking-uri "${TRACKING_ENV}" {shlex.join(out)}'
+        return f'--tracking-uri "${TRACKING_ENV}" --experiment "${EXPERIMENT_ENV}" {shlex.join(out)}'
 
     return args
 
@@ -481,24 +490,41 @@ def knn_args(wildcards, input) -> str:
 # ---- where the results are (onsuccess; `make results`) -----------------------------------
 
 
-def run_outputs() -> dict:
+def run_outputs(existing_only: bool = True) -> dict:
     """The folders of this config's stages and its table, as svt.results lists them."""
     out = {"data": [data_dir(name) for name in used_datasets()],
            "curate": [curate_dir()] if config["curate"]["enabled"] else [],
            "pretrain": pretrain_outputs() and [pretrain_dir()],
-           "evaluate": [f"{RESULTS}/evaluate"],
+           "evaluate": [backbone_dir(kind) for kind in backbone_kinds()],
            "table": evaluate_outputs(),
            "logs": [LOGS]}
-    return {k: [p for p in v if Path(p).exists()] for k, v in out.items()}
+    return {k: [p for p in v if not existing_only or Path(p).exists()] for k, v in out.items()}
+
+
+# Config sections that change how a run goes, not what it makes: left out of the experiment
+# record, so that changing them reruns nothing (not even the record).
+RUNTIME_SECTIONS = ("pretrain", "cluster", "tracking")
+
+
+def experiment_record() -> str:
+    """Params of the experiment record: the config with the runtime sections aside and the
+    outputs it uses, as JSON for `python -m svt.results --write`. Not the config files' names:
+    the same config from another file is the same experiment."""
+    recipe = {k: v for k, v in config.items() if k not in RUNTIME_SECTIONS}
+    return json.dumps({"config": recipe, "outputs": run_outputs(existing_only=False)},
+                      sort_keys=True)
+
+
+def experiment_outputs(wildcards=None) -> list[str]:
+    return [f"{EXPERIMENT_DIR}/{name}" for name in ("latest.json", "config.yaml", "table.md")]
 
 
 def finish_run() -> None:
-    """onsuccess: record where this invocation's results are (<results>/latest.json) and print
-    the evaluation table with those paths, at the end of the output where people look
+    """onsuccess: print the evaluation table with where every output is (the experiment
+    record written by the experiment rule), at the end of the output where people look
     (SVT_PRINT_TABLE=0: not here; `make demo` prints it once, after Snakemake's summary)."""
-    from svt.results import LATEST, describe, write_latest
+    from svt.results import LATEST, describe
 
-    files = list(dict.fromkeys(str(f) for f in workflow.configfiles))
-    record = write_latest(Path(RESULTS, LATEST), run_outputs(), tracking_uri(), files)
-    if os.environ.get("SVT_PRINT_TABLE") != "0":
-        print(f"\n{describe(record)}\n", flush=True)
+    record = Path(EXPERIMENT_DIR, LATEST)
+    if record.is_file() and os.environ.get("SVT_PRINT_TABLE") != "0":
+        print(f"\n{describe(json.loads(record.read_text()))}\n", flush=True)

@@ -1,5 +1,5 @@
 # Curation stage: motion spectrum and duplicate/leakage checks with FFTs (svt.curate).
-# <results>/<experiment>/curate/<hash of data + curate config>/: reports per split, plots,
+# <results_dir>/curate/<hash of data + curate config>/: reports per split, plots,
 # and the pretraining manifest without static clips (videos are never deleted).
 
 

@@ -1,5 +1,5 @@
 # Data stage: annotations -> index -> decoded shards -> one manifest per split.
-# Outputs live in <results>/<experiment>/data/<dataset>-<hash of dataset + decode config>/.
+# Outputs live in <results_dir>/data/<dataset>-<hash of dataset + decode config>/.
 
 DATA = f"{RESULTS}/data/{{dataset}}-{{dhash}}"
 DATA_LOGS = f"{LOGS}/data/{{dataset}}-{{dhash}}"

@@ -1,8 +1,8 @@
 # Evaluation stage: frozen backbones -> slow and fast features per split -> linear probe + kNN.
-#   <results>/<experiment>/evaluate/<kind>-<hash>/adapted.pth       one folder per backbone
+#   <results_dir>/evaluate/<kind>-<hash>/adapted.pth       one folder per backbone
 #                                  .../<dataset>-<dhash>/<split>_<view>.pt
 #                                  .../<dataset>-<dhash>/probe-<phash>/metrics.json
-#   <results>/<experiment>/evaluate/table-<hash>/probe-<phash>/table.md
+#   <results_dir>/evaluate/table-<hash>/probe-<phash>/table.md
 # Each backbone's folder is named by what its features depend on (backbone_hash), so a new
 # pretraining leaves the random baseline's features alone; the probe lives in
 # probe-<hash of the probe settings>/, so changing a probe setting reruns only the probe.

@@ -1,5 +1,5 @@
 # Pretraining stage: the (curated) train manifest of data.pretrain -> an exported teacher backbone.
-# Outputs: <results>/<experiment>/pretrain/<dataset>-<hash of data + recipe>/. The checkpoints/
+# Outputs: <results_dir>/pretrain/<dataset>-<hash of data + recipe>/. The checkpoints/
 # folder inside is deliberately not an output: Snakemake deletes the outputs of failed jobs,
 # and a killed job must resume from its checkpoints on retry.
 
