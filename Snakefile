@@ -47,6 +47,7 @@ wildcard_constraints:
 localrules:
     all,
     experiment,
+    sweep_table,
     data,
     index,
     decode_report,

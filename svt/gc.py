@@ -4,7 +4,8 @@ Stage outputs are shared between experiments and named by hashes
 (``<results_dir>/data/<dataset>-<hash>/``, ``curate/<hash>/``, ``pretrain/<dataset>-<hash>/``,
 ``evaluate/<kind>-<hash>/``, ``evaluate/table-<hash>/``), so changing a setting leaves the old
 folders behind. Each experiment records the outputs it used in
-``<results_dir>/experiments/<name>/latest.json``. This lists every stage folder that no
+``<results_dir>/experiments/<name>/latest.json`` (a sweep's variants in
+``variants/<variant>/latest.json`` below it). This lists every stage folder that no
 experiment record refers to, with its size, and removes them only with ``--delete``. It
 refuses to delete while a Snakemake invocation holds locks in this working directory (a
 running job's folder is not in any record yet), and it marks pretraining folders with
@@ -38,7 +39,7 @@ def referenced(results_dir: Path, root: Path) -> set[Path]:
     """Every output path the experiment records under ``results_dir`` name (resolved; the
     records hold paths relative to the working directory the workflow ran in, ``root``)."""
     paths = set()
-    for record in sorted((results_dir / "experiments").glob(f"*/{LATEST}")):
+    for record in sorted((results_dir / "experiments").rglob(LATEST)):  # sweep variants too
         try:
             outputs = json.loads(record.read_text())["outputs"]
         except (OSError, ValueError, KeyError) as exc:

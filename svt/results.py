@@ -36,8 +36,8 @@ def write_record(path: Path, record_json: str, tracking_uri: str) -> dict:
               "config_files": [str(folder / "config.yaml")],
               "tracking_uri": tracking_uri, "outputs": given["outputs"]}
     header = ("# The experiment's config as resolved by the workflow (config.yaml, presets and\n"
-              "# --config); the runtime sections (pretrain, cluster, tracking) change no result\n"
-              "# and are not recorded here.\n")
+              "# --config; a sweep variant's overrides applied); the runtime sections (pretrain,\n"
+              "# cluster, tracking) change no result and are not recorded here, nor is the sweep.\n")
     write_text_atomic(folder / "config.yaml", header + yaml.safe_dump(given["config"], sort_keys=False))
     tables = [Path(t) for t in given["outputs"].get("table", []) if Path(t).is_file()]
     write_text_atomic(folder / "table.md", tables[0].read_text() if tables else
@@ -81,7 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         record = write_record(a.write, a.record_json, a.tracking_uri)
         print(f"experiment record {a.write}: {sum(map(len, record['outputs'].values()))} outputs")
         return 0
-    path = experiment_dir(a.results_dir, a.experiment) / LATEST
+    folder = experiment_dir(a.results_dir, a.experiment)
+    path, sweep = folder / LATEST, folder / "sweep.md"
+    if sweep.is_file():  # a sweep: each variant's record, then the comparison
+        for record in sorted((folder / "variants").glob(f"*/{LATEST}")):
+            print(f"Variant {record.parent.name}:\n{describe(json.loads(record.read_text()))}\n")
+        print(f"Sweep {a.experiment} ({sweep}):\n\n{sweep.read_text().rstrip()}")
+        return 0
     if not path.is_file():
         print(f"svt.results: no finished run of experiment {a.experiment!r} under {a.results_dir}/ "
               f"({path} is missing). Run the workflow first, e.g. `make demo`.", file=sys.stderr)

@@ -19,7 +19,7 @@ def tree(root):
         "data/d-aaaaaaaaaa/videos/v.mp4": 5000,
         "curate/bbbbbbbbbb/summary.json": 10,
         "pretrain/d-1111111111/teacher_backbone.pth": 3000,  # used by t
-        "pretrain/d-2222222222/teacher_backbone.pth": 7000,  # used by u
+        "pretrain/d-2222222222/teacher_backbone.pth": 7000,  # used by a sweep variant
         "pretrain/d-3333333333/teacher_backbone.pth": 4000,  # an old recipe: orphaned
         "pretrain/d-4444444444/checkpoints/last.pth": 2000,  # killed, unreferenced
         "evaluate/pretrained-5555555555/d-aaaaaaaaaa/probe-x/metrics.json": 20,
@@ -32,8 +32,8 @@ def tree(root):
     common = {"data": ["results/data/d-aaaaaaaaaa"], "curate": ["results/curate/bbbbbbbbbb"],
               "evaluate": ["results/evaluate/pretrained-5555555555"],
               "table": ["results/evaluate/table-6666666666/probe-x/table.md"], "logs": ["logs"]}
-    for name, pre in (("t", "1111111111"), ("u", "2222222222")):
-        (res / "experiments" / name).mkdir(parents=True)
+    for name, pre in (("t", "1111111111"), ("sweep/variants/lr-1", "2222222222")):
+        (res / "experiments" / name).mkdir(parents=True)  # an experiment, a sweep's variant
         record = {"outputs": {**common, "pretrain": [f"results/pretrain/d-{pre}"]}}
         (res / "experiments" / name / "latest.json").write_text(json.dumps(record))
     return res

@@ -31,7 +31,8 @@ pytestmark = pytest.mark.slow
 
 SCRIPT = REPO / "scripts" / "slurm-local.sh"
 PROFILES = ["--profile", str(REPO / "slurm"), "--profile", str(REPO / "profiles" / "local-slurm")]
-LOCAL_RULES = {"all", "data", "index", "decode_report", "manifest", "eval_table", "experiment"}
+LOCAL_RULES = {"all", "data", "index", "decode_report", "manifest", "eval_table", "experiment",
+               "sweep_table"}
 DATA_RULES = {"index", "decode_shard", "decode_report", "manifest"}
 
 
@@ -197,6 +198,87 @@ def test_two_experiments_share_the_stage_outputs(local_run):
     plan = dry(wd, lr)
     assert plan.get("pretrain") == 1 and plan.get("probe") == 1, plan  # the random baseline stays
     assert not {"index", "decode_shard", "decode_report", "manifest", "curate"} & set(plan), plan
+
+
+# ---- sweeps ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sweep_run(demo, tmp_path_factory):
+    """A 2-variant learning-rate sweep of the tiny pipeline, in a fresh working directory."""
+    wd = tmp_path_factory.mktemp("sweep")
+    cfg = tiny_pipeline_config(demo, experiment="lrs")
+    cfg["sweep"] = {"grid": {"optim.lr": [2.5e-4, 1e-3]}}
+    res = snakemake(wd, "--configfile", str(write(wd, cfg)))
+    return wd, cfg, job_stats(res), res.stdout + res.stderr
+
+
+def test_sweep_decodes_once_pretrains_each_variant_and_compares(sweep_run):
+    wd, cfg, stats, printed = sweep_run
+    assert stats["decode_shard"] == 1 and stats["curate"] == 1, stats
+    assert stats["pretrain"] == 2 and stats["eval_table"] == 2 and stats["sweep_table"] == 1, stats
+    assert stats["probe"] == 3, stats  # two pretrained backbones, one shared random baseline
+    exp = wd / "results" / "experiments" / "lrs"
+    table = (exp / "sweep.md").read_text()
+    rows = [line.split(" | ")[0].strip("| ") for line in table.splitlines() if line.startswith("| lr-")]
+    assert rows == ["lr-0.00025", "lr-0.001"], table
+    assert "final loss" in table and "device-h" in table
+    assert f"Sweep lrs ({exp / 'sweep.md'}" in printed or "Sweep lrs (" in printed
+    for name, lr in (("lr-0.00025", 2.5e-4), ("lr-0.001", 1e-3)):
+        record = exp / "variants" / name
+        assert yaml.safe_load((record / "config.yaml").read_text())["optim"]["lr"] == lr
+        latest = json.loads((record / "latest.json").read_text())
+        (pre,) = latest["outputs"]["pretrain"]
+        assert (wd / pre / "teacher_backbone.pth").is_file()
+        assert "| pretrained-demo |" in (record / "table.md").read_text()
+    pres = {json.loads((exp / "variants" / n / "latest.json").read_text())["outputs"]["pretrain"][0]
+            for n in rows}
+    assert len(pres) == 2  # each variant its own pretraining folder
+    # MLflow: a child run per variant under the invocation's parent, tagged with its overrides
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{wd / 'results' / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("lrs").experiment_id
+    variants = {r.data.tags.get("svt.variant"): r for r in client.search_runs([exp_id])
+                if r.data.tags.get("svt.variant")}
+    assert set(variants) == {"lr-0.00025", "lr-0.001"}
+    assert json.loads(variants["lr-0.001"].data.tags["svt.overrides"]) == {"optim.lr": 1e-3}
+    parents = {r.data.tags["mlflow.parentRunId"] for r in variants.values()}
+    assert len(parents) == 1
+    assert "pretrain/final_loss" in variants["lr-0.001"].data.metrics
+    assert any(a.path == "sweep/sweep.md" for a in client.list_artifacts(parents.pop(), "sweep"))
+
+
+def test_editing_one_variant_plans_only_its_jobs(sweep_run):
+    wd, cfg, *_ = sweep_run
+    assert dry(wd, cfg) == {}
+    edited = copy.deepcopy(cfg)
+    edited["sweep"]["grid"]["optim.lr"] = [2.5e-4, 2e-3]  # the second variant changes
+    plan = dry(wd, edited)
+    assert plan == {"pretrain": 1, "adapt": 1, "features": 4, "probe": 1, "eval_table": 1,
+                    "experiment": 1, "sweep_table": 1, "all": 1}, plan
+    # run the edit: the replaced variant's outputs are now used by no experiment, and
+    # `make gc` lists them, with sizes, removing nothing without confirmation
+    res = snakemake(wd, "--configfile", str(write(wd, edited, "edited.yaml")))
+    assert job_stats(res)["pretrain"] == 1
+    records = wd / "results" / "experiments" / "lrs" / "variants"
+    assert sorted(p.name for p in records.iterdir()) == ["lr-0.00025", "lr-0.002"]  # as the sweep is now
+    gc = subprocess.run([sys.executable, "-m", "svt.gc"], cwd=wd, capture_output=True, text=True,
+                        env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert gc.returncode == 0 and "Nothing removed" in gc.stdout, gc.stdout + gc.stderr
+    listed = re.findall(r"^\s+[\d.]+ [KMGT]?B\s+(results/\S+)", gc.stdout, re.M)
+    kinds = sorted(p.split("/")[1] + "/" + p.split("/")[2].split("-")[0] for p in listed)
+    assert kinds == ["evaluate/pretrained", "evaluate/table", "pretrain/demo"], gc.stdout
+    assert all((wd / p).is_dir() for p in listed)
+    # the sweep's table is in the Snakemake report
+    report = wd / "report.html"
+    snakemake(wd, "--report", str(report), "--configfile", str(wd / "edited.yaml"))
+    assert "sweep.md" in report.read_text(errors="replace")
+    # a variant that may not vary within an experiment is refused before any job
+    bad = copy.deepcopy(cfg)
+    bad["sweep"] = {"grid": {"decode.crf": [20, 23]}}
+    res = snakemake(wd, "-n", "--configfile", str(write(wd, bad, "bad.yaml")), check=False)
+    assert res.returncode != 0 and "decode.crf" in res.stdout + res.stderr
 
 
 # ---- a real SLURM on localhost --------------------------------------------------------------
@@ -381,3 +463,22 @@ def test_srun_and_torchrun_rendezvous_inside_a_job(slurm, tmp_path):
     text = out.read_text()
     assert "svt.launch: srun --nodes=1" in text and "torch.distributed.run --nnodes 1" in text, text
     assert sorted(re.findall(r"rank (\d) of 2 sum 3", text)) == ["0", "1"], text
+
+
+def test_sweep_under_slurm_pretrains_each_variant_as_its_own_job(slurm, sweep_run, tmp_path_factory):
+    """The sweep through the real local SLURM: one job per variant's pretraining, both
+    submitted before either finished (so a cluster runs them side by side)."""
+    _, cfg, local_stats, _ = sweep_run
+    wd = tmp_path_factory.mktemp("slurm-sweep")
+    res = snakemake(wd, *PROFILES, "--configfile", str(write(wd, cfg)), check=False)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    jobs = slurm_jobs(wd)
+    assert jobs and all(j["JobState"] == "COMPLETED" for j in jobs), [(j["rule"], j["JobState"]) for j in jobs]
+    assert Counter(j["rule"] for j in jobs) == {r: n for r, n in local_stats.items() if r not in LOCAL_RULES}
+    pre = [j for j in jobs if j["rule"] == "pretrain"]
+    assert len(pre) == 2 and len({j["JobId"] for j in pre}) == 2
+    assert len({j["wildcards"] for j in pre}) == 2  # two recipes: two pretraining folders
+    assert max(j["SubmitTime"] for j in pre) < min(j["EndTime"] for j in pre), pre
+    rows = [line for line in (wd / "results" / "experiments" / "lrs" / "sweep.md").read_text().splitlines()
+            if line.startswith("| lr-")]
+    assert len(rows) == 2

@@ -4,6 +4,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -24,6 +25,50 @@ from svt.datasets import DatasetError, load_index
 RESULTS = str(config["results_dir"])
 LOGS = str(config["logs_dir"])  # logs/<stage>/<same folder name as the output>/...
 EXPERIMENT_DIR = str(Path(config["results_dir"], "experiments", config["experiment"]))
+
+
+# ---- sweep variants -------------------------------------------------------------------------
+# config `sweep:` names variants (partial overrides of the recipe). Every stage function
+# below takes the config of one variant; the pretraining and evaluation rules find theirs
+# from the hash in their output path (find_variant), so variants that agree on a stage share
+# its job, and the data and curation stages, which no variant may change, run once.
+
+
+def _variants() -> tuple[dict, dict]:
+    """({name: the variant's config}, {name: its overrides}); without a sweep, the experiment
+    alone under its own name."""
+    from snakemake.utils import validate as validate_config
+    from svt.sweep import SweepError, expand, variant_config
+
+    try:
+        overrides = expand(config.get("sweep"))
+        variants = {name: variant_config(config, o) for name, o in overrides.items()}
+    except SweepError as err:
+        raise ValueError(f"config: {err}") from None
+    for name, cfg in variants.items():
+        try:
+            validate_config(cfg, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+        except Exception as err:
+            raise ValueError(f"config: sweep variant {name!r} is not a valid config: {err}") from None
+    return (variants, overrides) if variants else ({config["experiment"]: config}, {})
+
+
+VARIANTS, VARIANT_OVERRIDES = _variants()
+SWEEP = bool(VARIANT_OVERRIDES)
+
+
+def find_variant(match, what: str) -> dict:
+    """The first variant config for which ``match(cfg)`` holds; an error naming ``what``
+    (an output path) when none does: that folder belongs to another config."""
+    for cfg in VARIANTS.values():
+        if match(cfg):
+            return cfg
+    raise ValueError(f"{what} belongs to another config (no variant of this one makes it)")
+
+
+def variant_dir(name: str) -> str:
+    """A variant's record: the experiment's folder itself, or variants/<name>/ in a sweep."""
+    return f"{EXPERIMENT_DIR}/variants/{name}" if SWEEP else EXPERIMENT_DIR
 
 
 def stage_hash(obj) -> str:
@@ -196,13 +241,14 @@ def curate_args(wildcards, input) -> str:
 PRETRAIN_SECTIONS = ("model", "views", "augment", "loss", "optim")
 
 
-def pretrain_hash() -> str:
+def pretrain_hash(cfg: dict | None = None) -> str:
     """Everything the trained weights depend on: the data and the recipe, not the runtime."""
-    cfg = {k: config[k] for k in PRETRAIN_SECTIONS}
+    cfg = cfg or config
+    recipe = {k: cfg[k] for k in PRETRAIN_SECTIONS}
     data = curate_hash() if config["curate"]["enabled"] else data_hash(config["data"]["pretrain"])
     # The number of processes sets the global batch (batch_size_per_gpu each), so it is recipe.
     world = config["pretrain"]["nodes"] * config["pretrain"]["devices_per_node"]
-    return stage_hash({"data": data, **cfg, "world_size": world})
+    return stage_hash({"data": data, **recipe, "world_size": world})
 
 
 def pretrain_manifest(wildcards=None) -> str:
@@ -212,15 +258,26 @@ def pretrain_manifest(wildcards=None) -> str:
     return f"{data_dir(config['data']['pretrain'])}/manifest/train.csv"
 
 
-def pretrain_dir() -> str:
-    return f"{RESULTS}/pretrain/{config['data']['pretrain']}-{pretrain_hash()}"
+def pretrain_dir(cfg: dict | None = None) -> str:
+    return f"{RESULTS}/pretrain/{config['data']['pretrain']}-{pretrain_hash(cfg)}"
 
 
-def pretrain_config_json() -> str:
-    """The recipe for svt.pretrain. Runtime keys (nodes, devices, workers, logging) reach the
-    command through {config[pretrain][...]} instead of params: a params change reruns a job,
-    and those keys must not restart a finished pretraining."""
-    return json.dumps({k: config[k] for k in PRETRAIN_SECTIONS}, sort_keys=True)
+def pretrain_config_json(wildcards) -> str:
+    """The recipe for svt.pretrain (of the variant the output path names). Runtime keys
+    (nodes, devices, workers, logging) reach the command through {config[pretrain][...]}
+    instead of params: a params change reruns a job, and those keys must not restart a
+    finished pretraining."""
+    cfg = variant_of_pretrain(wildcards)
+    return json.dumps({k: cfg[k] for k in PRETRAIN_SECTIONS}, sort_keys=True)
+
+
+def variant_of_pretrain(wildcards) -> dict:
+    """The config (one sweep variant's, or the experiment's) whose pretraining folder this is."""
+    if wildcards.dataset != config["data"]["pretrain"]:
+        raise ValueError(f"{RESULTS}/pretrain/{wildcards.dataset}-{wildcards.phash}: this config "
+                         f"pretrains on {config['data']['pretrain']!r}")
+    return find_variant(lambda cfg: pretrain_hash(cfg) == wildcards.phash,
+                        f"{RESULTS}/pretrain/{wildcards.dataset}-{wildcards.phash}")
 
 
 def tracking_uri() -> str:
@@ -343,88 +400,105 @@ PROBE_KEYS = ("probe_epochs", "probe_lr", "probe_batch_size", "probe_momentum", 
               "knn_temperature", "combine")
 
 
-def backbone_kinds() -> list[str]:
+def backbone_kinds(cfg: dict | None = None) -> list[str]:
     """What gets evaluated side by side: the pretrained (or imported) backbone and, as the
     baseline, the same architecture with random weights."""
-    main = "imported" if config["evaluate"]["backbone"] else "pretrained"
-    return [main, "random"] if config["evaluate"]["random_baseline"] else [main]
+    ev = (cfg or config)["evaluate"]
+    main = "imported" if ev["backbone"] else "pretrained"
+    return [main, "random"] if ev["random_baseline"] else [main]
 
 
 FEATURE_KEYS = ("slow_frames", "slow_size", "fast_frames", "fast_size", "clips", "crops")
 BACKBONE_KINDS = ("pretrained", "imported", "random")
 
 
-def backbone_hash(kind: str) -> str:
+def backbone_hash(kind: str, cfg: dict | None = None) -> str:
     """What one backbone's adapted weights and cached features depend on. Each backbone has its
     own folder, so a new pretraining re-extracts only its own features, never the random
     baseline's (which depends on the architecture, the seed and the views alone)."""
-    model = {k: v for k, v in config["model"].items() if k != "init"}
-    views = {k: config["evaluate"][k] for k in FEATURE_KEYS}
+    cfg = cfg or config
+    model = {k: v for k, v in cfg["model"].items() if k != "init"}
+    views = {k: cfg["evaluate"][k] for k in FEATURE_KEYS}
     if kind == "pretrained":
-        source = {"pretrain": pretrain_hash()}
+        source = {"pretrain": pretrain_hash(cfg)}
     elif kind == "imported":
-        source = {"backbone": config["evaluate"]["backbone"], "model": model}
+        source = {"backbone": cfg["evaluate"]["backbone"], "model": model}
     elif kind == "random":
-        source = {"model": model, "seed": config["optim"]["seed"]}
+        source = {"model": model, "seed": cfg["optim"]["seed"]}
     else:
         raise ValueError(f"unknown backbone kind {kind!r}; known: {', '.join(BACKBONE_KINDS)}")
     return stage_hash({"kind": kind, **source, "views": views})
 
 
-def backbone_dir(kind: str) -> str:
-    return f"{RESULTS}/evaluate/{kind}-{backbone_hash(kind)}"
+def backbone_dir(kind: str, cfg: dict | None = None) -> str:
+    return f"{RESULTS}/evaluate/{kind}-{backbone_hash(kind, cfg)}"
+
+
+def variant_of_backbone(wildcards) -> dict:
+    """The config behind an evaluation path (a sweep variant's or the experiment's), refusing
+    folders no variant of this config would make."""
+    return find_variant(lambda cfg: backbone_hash(wildcards.kind, cfg) == wildcards.khash,
+                        f"{RESULTS}/evaluate/{wildcards.kind}-{wildcards.khash}")
 
 
 def checked_backbone(wildcards) -> str:
-    """The backbone kind behind an evaluation path, refusing folders of another config."""
-    if wildcards.khash != backbone_hash(wildcards.kind):
-        raise ValueError(
-            f"{RESULTS}/evaluate/{wildcards.kind}-{wildcards.khash} belongs to another config "
-            f"(this config's {wildcards.kind} folder is {backbone_dir(wildcards.kind)})")
+    variant_of_backbone(wildcards)
     return wildcards.kind
 
 
-def features_dir(kind: str, dataset: str) -> str:
-    return f"{backbone_dir(kind)}/{dataset}-{data_hash(dataset)}"
+def features_dir(kind: str, dataset: str, cfg: dict | None = None) -> str:
+    return f"{backbone_dir(kind, cfg)}/{dataset}-{data_hash(dataset)}"
 
 
-def probe_hash() -> str:
-    return stage_hash({k: config["evaluate"][k] for k in PROBE_KEYS})
+def probe_hash(cfg: dict | None = None) -> str:
+    return stage_hash({k: (cfg or config)["evaluate"][k] for k in PROBE_KEYS})
 
 
-def table_hash() -> str:
+def variant_of_probe(wildcards) -> dict:
+    return find_variant(lambda cfg: backbone_hash(wildcards.kind, cfg) == wildcards.khash
+                        and probe_hash(cfg) == wildcards.phash,
+                        f"{RESULTS}/evaluate/{wildcards.kind}-{wildcards.khash}/.../probe-{wildcards.phash}")
+
+
+def table_hash(cfg: dict | None = None) -> str:
     """The final table depends on every evaluated backbone and dataset."""
-    return stage_hash({"backbones": {k: backbone_hash(k) for k in backbone_kinds()},
+    return stage_hash({"backbones": {k: backbone_hash(k, cfg) for k in backbone_kinds(cfg)},
                        "data": {d: data_hash(d) for d in config["data"]["evaluate"]}})
 
 
-def geometries() -> list[str]:
-    ev = config["evaluate"]
+def variant_of_table(wildcards) -> dict:
+    return find_variant(lambda cfg: table_hash(cfg) == wildcards.thash and probe_hash(cfg) == wildcards.phash,
+                        f"{RESULTS}/evaluate/table-{wildcards.thash}/probe-{wildcards.phash}")
+
+
+def geometries(cfg: dict) -> list[str]:
+    ev = cfg["evaluate"]
     return ["--geometry", f"slow={ev['slow_frames']}x{ev['slow_size']}",
             "--geometry", f"fast={ev['fast_frames']}x{ev['fast_size']}"]
 
 
 def adapt_inputs(wildcards) -> dict:
-    kind = checked_backbone(wildcards)
+    cfg, kind = variant_of_backbone(wildcards), wildcards.kind
     if kind == "pretrained":
-        return {"backbone": rules.pretrain.output.backbone}
+        return {"backbone": f"{pretrain_dir(cfg)}/teacher_backbone.pth"}
     if kind == "imported":
-        return {"backbone": config["evaluate"]["backbone"]}
+        return {"backbone": cfg["evaluate"]["backbone"]}
     return {}
 
 
 def adapt_args(wildcards, input) -> str:
-    model = json.dumps({k: v for k, v in config["model"].items() if k != "init"}, sort_keys=True)
+    cfg = variant_of_backbone(wildcards)
+    model = json.dumps({k: v for k, v in cfg["model"].items() if k != "init"}, sort_keys=True)
     if wildcards.kind == "random":
-        args = ["--random-init", "--seed", str(config["optim"]["seed"]), "--model-json", model]
+        args = ["--random-init", "--seed", str(cfg["optim"]["seed"]), "--model-json", model]
     else:
         args = ["--backbone", input.backbone]
         if wildcards.kind == "imported":
             args += ["--model-json", model]
     # the normalisation pretraining uses; a backbone that stores its own keeps that one
-    norm = [str(float(v)) for k in ("mean", "std") for v in config["augment"][k]]
+    norm = [str(float(v)) for k in ("mean", "std") for v in cfg["augment"][k]]
     args += ["--mean", *norm[:3], "--std", *norm[3:]]
-    return shlex.join(args + geometries())
+    return shlex.join(args + geometries(cfg))
 
 
 def eval_test_split(name: str) -> str:
@@ -440,16 +514,35 @@ def features_manifest(wildcards) -> str:
 
 
 def probe_features(wildcards) -> dict:
-    checked_backbone(wildcards)
+    cfg = variant_of_probe(wildcards)
     dataset_of(wildcards)
-    base = features_dir(wildcards.kind, wildcards.dataset)
+    base = features_dir(wildcards.kind, wildcards.dataset, cfg)
     return {f"{split}_{geom}": f"{base}/{split}_{geom}.pt"
             for split in ("train", "test") for geom in ("slow", "fast")}
 
 
 def table_inputs(wildcards) -> dict:
-    return {f"{kind}-{d}": f"{features_dir(kind, d)}/probe-{wildcards.phash}/metrics.json"
-            for kind in backbone_kinds() for d in config["data"]["evaluate"]}
+    cfg = variant_of_table(wildcards)
+    return {f"{kind}-{d}": f"{features_dir(kind, d, cfg)}/probe-{wildcards.phash}/metrics.json"
+            for kind in backbone_kinds(cfg) for d in config["data"]["evaluate"]}
+
+
+def probe_run_json(wildcards) -> str | list:
+    """Only the pretrained backbone's probe reports to the pretraining run; the random
+    baseline's has its own run and never files its metrics under the pretraining."""
+    if wildcards.kind != "pretrained":
+        return []
+    return f"{pretrain_dir(variant_of_backbone(wildcards))}/run.json"
+
+
+def probe_settings(wildcards) -> dict:
+    cfg = variant_of_probe(wildcards)
+    return {**{k: cfg["evaluate"][k] for k in PROBE_KEYS}, "seed": cfg["optim"]["seed"]}
+
+
+def feature_settings(wildcards) -> dict:
+    ev = variant_of_backbone(wildcards)["evaluate"]
+    return {"clips": ev["clips"], "crops": ev["crops"]}
 
 
 def run_json_args(wildcards, input) -> str:
@@ -457,13 +550,18 @@ def run_json_args(wildcards, input) -> str:
     return shlex.join(["--run-json", input.run]) if input.run else ""
 
 
-def evaluate_outputs(wildcards=None) -> list[str]:
-    return [f"{RESULTS}/evaluate/table-{table_hash()}/probe-{probe_hash()}/table.md"]
+def evaluate_outputs(wildcards=None, cfg: dict | None = None) -> list[str]:
+    """The table of each variant (the experiment's alone without a sweep)."""
+    cfgs = [cfg] if cfg else list(VARIANTS.values())
+    return list(dict.fromkeys(
+        f"{RESULTS}/evaluate/table-{table_hash(c)}/probe-{probe_hash(c)}/table.md" for c in cfgs))
 
 
-def pretrain_outputs(wildcards=None) -> list[str]:
-    """Nothing to pretrain when an imported checkpoint is evaluated instead."""
-    return [] if config["evaluate"]["backbone"] else [f"{pretrain_dir()}/teacher_backbone.pth"]
+def pretrain_outputs(wildcards=None, cfg: dict | None = None) -> list[str]:
+    """Each variant's pretrained backbone; nothing when an imported checkpoint is evaluated."""
+    cfgs = [cfg] if cfg else list(VARIANTS.values())
+    return list(dict.fromkeys(f"{pretrain_dir(c)}/teacher_backbone.pth" for c in cfgs
+                              if not c["evaluate"]["backbone"]))
 
 
 def curate_outputs(wildcards=None) -> list[str]:
@@ -490,13 +588,13 @@ def knn_args(wildcards, input) -> str:
 # ---- where the results are (onsuccess; `make results`) -----------------------------------
 
 
-def run_outputs(existing_only: bool = True) -> dict:
-    """The folders of this config's stages and its table, as svt.results lists them."""
+def run_outputs(cfg: dict, existing_only: bool = True) -> dict:
+    """The folders of one variant's stages and its table, as svt.results lists them."""
     out = {"data": [data_dir(name) for name in used_datasets()],
            "curate": [curate_dir()] if config["curate"]["enabled"] else [],
-           "pretrain": pretrain_outputs() and [pretrain_dir()],
-           "evaluate": [backbone_dir(kind) for kind in backbone_kinds()],
-           "table": evaluate_outputs(),
+           "pretrain": [str(Path(p).parent) for p in pretrain_outputs(cfg=cfg)],
+           "evaluate": [backbone_dir(kind, cfg) for kind in backbone_kinds(cfg)],
+           "table": evaluate_outputs(cfg=cfg),
            "logs": [LOGS]}
     return {k: [p for p in v if not existing_only or Path(p).exists()] for k, v in out.items()}
 
@@ -504,19 +602,62 @@ def run_outputs(existing_only: bool = True) -> dict:
 # Config sections that change how a run goes, not what it makes: left out of the experiment
 # record, so that changing them reruns nothing (not even the record).
 RUNTIME_SECTIONS = ("pretrain", "cluster", "tracking")
+RECORD_FILES = ("latest.json", "config.yaml", "table.md")
 
 
-def experiment_record() -> str:
-    """Params of the experiment record: the config with the runtime sections aside and the
-    outputs it uses, as JSON for `python -m svt.results --write`. Not the config files' names:
-    the same config from another file is the same experiment."""
-    recipe = {k: v for k, v in config.items() if k not in RUNTIME_SECTIONS}
-    return json.dumps({"config": recipe, "outputs": run_outputs(existing_only=False)},
-                      sort_keys=True)
+def record_variant(wildcards) -> str:
+    """The variant whose record folder (results/experiments/<record>/) a path names."""
+    for name in VARIANTS:
+        if str(Path(variant_dir(name)).relative_to(Path(RESULTS, "experiments"))) == wildcards.record:
+            return name
+    raise ValueError(f"{RESULTS}/experiments/{wildcards.record}: not a record of this config")
+
+
+def experiment_record(wildcards) -> str:
+    """Params of the experiment record: the variant's config with the runtime sections aside
+    and the outputs it uses, as JSON for `python -m svt.results --write`. Not the config
+    files' names: the same config from another file is the same experiment."""
+    name = record_variant(wildcards)
+    # a variant's record holds its own config, not the sweep that made it (editing another
+    # variant must not rewrite this one's record)
+    recipe = {k: v for k, v in VARIANTS[name].items() if k not in (*RUNTIME_SECTIONS, "sweep")}
+    return json.dumps({"config": recipe, "outputs": run_outputs(VARIANTS[name], existing_only=False),
+                       "variant": name if SWEEP else None,
+                       "overrides": VARIANT_OVERRIDES.get(name, {})}, sort_keys=True)
+
+
+def record_inputs(wildcards) -> list[str]:
+    cfg = VARIANTS[record_variant(wildcards)]
+    return data_outputs() + curate_outputs() + pretrain_outputs(cfg=cfg) + evaluate_outputs(cfg=cfg)
 
 
 def experiment_outputs(wildcards=None) -> list[str]:
-    return [f"{EXPERIMENT_DIR}/{name}" for name in ("latest.json", "config.yaml", "table.md")]
+    out = [f"{variant_dir(name)}/{f}" for name in VARIANTS for f in RECORD_FILES]
+    return out + ([f"{EXPERIMENT_DIR}/sweep.md"] if SWEEP else [])
+
+
+def sweep_inputs(wildcards=None) -> dict:
+    """Per variant: its pretrained backbone's probe metrics per evaluation dataset and its
+    record (which lists the pretraining folder)."""
+    out = {}
+    for name, cfg in VARIANTS.items():
+        kind = backbone_kinds(cfg)[0]
+        for d in config["data"]["evaluate"]:
+            out[f"{name}/{d}"] = f"{features_dir(kind, d, cfg)}/probe-{probe_hash(cfg)}/metrics.json"
+        out[f"{name}/record"] = f"{variant_dir(name)}/latest.json"
+    return out
+
+
+def sweep_args(wildcards, input) -> str:
+    """--variant NAME=<JSON> per variant for svt.compare, in the config's order."""
+    args = []
+    for name, cfg in VARIANTS.items():
+        spec = {"overrides": VARIANT_OVERRIDES.get(name, {}),
+                "metrics": {d: input[f"{name}/{d}"] for d in config["data"]["evaluate"]},
+                "pretrain": (run_outputs(cfg, existing_only=False)["pretrain"] or [None])[0]}
+        args.append(f"--variant={name}={json.dumps(spec, sort_keys=True)}")
+    devices = config["pretrain"]["nodes"] * config["pretrain"]["devices_per_node"]
+    return shlex.join(args + ["--devices", str(devices)])
 
 
 def finish_run() -> None:
@@ -525,6 +666,13 @@ def finish_run() -> None:
     (SVT_PRINT_TABLE=0: not here; `make demo` prints it once, after Snakemake's summary)."""
     from svt.results import LATEST, describe
 
-    record = Path(EXPERIMENT_DIR, LATEST)
-    if record.is_file() and os.environ.get("SVT_PRINT_TABLE") != "0":
-        print(f"\n{describe(json.loads(record.read_text()))}\n", flush=True)
+    if os.environ.get("SVT_PRINT_TABLE") == "0":
+        return
+    for name in VARIANTS:
+        record = Path(variant_dir(name), LATEST)
+        if record.is_file():
+            print(f"\n{describe(json.loads(record.read_text()))}", flush=True)
+    sweep = Path(EXPERIMENT_DIR, "sweep.md")
+    if SWEEP and sweep.is_file():
+        print(f"\nSweep {config['experiment']} ({sweep}):\n\n{sweep.read_text().rstrip()}", flush=True)
+    print(flush=True)

@@ -16,7 +16,6 @@ wildcard_constraints:
     kind="|".join(BACKBONE_KINDS),
     khash="[0-9a-f]{10}",
     thash="[0-9a-f]{10}",
-    phash="[0-9a-f]{10}",
 
 
 rule adapt:
@@ -49,8 +48,7 @@ rule features:
         f"{EVAL_DATA}/{{split}}_{{geom}}.pt",
     params:
         videos=lambda wc, input: Path(input.manifest).parent.parent / "videos",
-        clips=config["evaluate"]["clips"],
-        crops=config["evaluate"]["crops"],
+        ev=feature_settings,  # clips, crops: the variant's, found from {khash}
         decoder=config["pretrain"]["decoder"],
         code=code_hash("svt.features"),
     wildcard_constraints:
@@ -68,7 +66,7 @@ rule features:
     shell:
         "python -m svt.features --backbone {input.backbone:q} --geometry {wildcards.geom}"
         " --manifest {input.manifest:q} --videos-root {params.videos:q} --out {output:q}"
-        " --clips {params.clips} --crops {params.crops} --num-workers {threads}"
+        " --clips {params.ev[clips]} --crops {params.ev[crops]} --num-workers {threads}"
         " --decoder {params.decoder} > {log:q} 2>&1"
 
 
@@ -77,9 +75,7 @@ rule probe:
     input:
         unpack(probe_features),
         classes=lambda wc: f"{data_dir(wc.dataset)}/classes.txt",
-        # only the pretrained backbone's probe reports to the pretraining run; the random
-        # baseline's has its own run and never files its metrics under the pretraining
-        run=lambda wc: rules.pretrain.output.run if wc.kind == "pretrained" else [],
+        run=probe_run_json,
     output:
         metrics=f"{EVAL_DATA}/probe-{{phash}}/metrics.json",
         confusion=report(f"{EVAL_DATA}/probe-{{phash}}/confusion_slow_fast.png",
@@ -87,8 +83,7 @@ rule probe:
                          caption="../report/confusion.rst"),
     params:
         out_dir=lambda wc, output: Path(output.metrics).parent,
-        ev={k: config["evaluate"][k] for k in PROBE_KEYS},
-        seed=config["optim"]["seed"],
+        ev=probe_settings,  # the variant's probe keys and seed, found from {khash} and {phash}
         track=tracking_args("probe"),
         run=run_json_args,
         code=code_hash("svt.probe"),
@@ -106,7 +101,7 @@ rule probe:
         " --out-dir {params.out_dir:q} --epochs {params.ev[probe_epochs]} --lr {params.ev[probe_lr]}"
         " --batch-size {params.ev[probe_batch_size]} --momentum {params.ev[probe_momentum]}"
         " --combine {params.ev[combine]} --knn-k {params.ev[knn_k]}"
-        " --knn-temperature {params.ev[knn_temperature]} --seed {params.seed}"
+        " --knn-temperature {params.ev[knn_temperature]} --seed {params.ev[seed]}"
         " {params.track} {params.run}"
         " --prefix {wildcards.kind}-{wildcards.dataset} > {log:q} 2>&1"
 

@@ -3,18 +3,26 @@
 # folder inside is deliberately not an output: Snakemake deletes the outputs of failed jobs,
 # and a killed job must resume from its checkpoints on retry.
 
+# One folder per recipe: every sweep variant with its own recipe gets its own pretraining job.
+PRETRAIN = f"{RESULTS}/pretrain/{{dataset}}-{{phash}}"
+
+
+wildcard_constraints:
+    phash="[0-9a-f]{10}",
+
+
 rule pretrain:
     """Self-distillation of the SVT student/teacher; resumes from checkpoints/last.pth."""
     input:
         unpack(knn_monitor_inputs),
         manifest=pretrain_manifest,
     output:
-        backbone=f"{pretrain_dir()}/teacher_backbone.pth",
-        curves=report(f"{pretrain_dir()}/curves.png", category="pretraining",
+        backbone=f"{PRETRAIN}/teacher_backbone.pth",
+        curves=report(f"{PRETRAIN}/curves.png", category="pretraining",
                       caption="../report/curves.rst"),
-        run=f"{pretrain_dir()}/run.json",
+        run=f"{PRETRAIN}/run.json",
     params:
-        recipe=pretrain_config_json(),
+        recipe=pretrain_config_json,  # the variant's recipe, found from {phash}
         videos=lambda wc: f"{data_dir(config['data']['pretrain'])}/videos",
         out_dir=lambda wc, output: Path(output.backbone).parent,
         ckpt_dir=lambda wc, output: Path(output.backbone).parent / "checkpoints",
@@ -27,7 +35,7 @@ rule pretrain:
         **pretrain_resources(),  # nodes, GPUs per node, CPUs per GPU, memory, runtime
     retries: 3
     log:
-        f"{LOGS}/pretrain/{config['data']['pretrain']}-{pretrain_hash()}.log",
+        f"{LOGS}/pretrain/{{dataset}}-{{phash}}.log",
     conda:
         "../../envs/torch.yaml"
     shell:
