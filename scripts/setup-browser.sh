@@ -18,6 +18,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "setup-browser: apt-get installed no chromium binary" >&2
   exit 1
 fi
+if [ -n "${CI:-}" ]; then
+  echo "setup-browser: CI needs chromium for the dashboard test, and this user cannot install it" >&2
+  exit 1
+fi
 cat >&2 <<'MSG'
 setup-browser: no chromium on PATH; the MLflow dashboard browser test will be skipped.
 Install one to run it:  sudo apt-get install chromium   (Debian)   |   sudo apt-get install chromium-browser (Ubuntu)
