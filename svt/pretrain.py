@@ -45,7 +45,8 @@ from svt.tracking import Tracker, flatten
 from svt.views import AugmentCollate, SVTAugment, SVTClipSampler, ViewConfig
 
 RUNTIME_KEYS = ("num_workers", "precision", "decoder", "compile", "checkpoint_every", "log_every")
-OPTIONAL_RUNTIME_KEYS = ("decoder_fallback", "prefetch", "augment_device")  # "none", 2, "auto"
+# runtime keys a recipe JSON may leave out (older callers, benchmarks), with their defaults
+OPTIONAL_RUNTIME = {"decoder_fallback": "none", "prefetch": 2, "augment_device": "auto"}
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request after saving; rerun to resume
 
 
@@ -355,9 +356,9 @@ METRIC_FIELDS = ["step", "epoch", "loss", "lr", "wd", "momentum", "teacher_temp"
 def runtime_config(args: argparse.Namespace) -> dict:
     """The recipe JSON with the runtime keys; explicit arguments win over its pretrain section."""
     cfg = json.loads(args.config_json)
-    runtime = {k: getattr(args, k) for k in (*RUNTIME_KEYS, *OPTIONAL_RUNTIME_KEYS)
+    runtime = {k: getattr(args, k) for k in (*RUNTIME_KEYS, *OPTIONAL_RUNTIME)
                if getattr(args, k) is not None}
-    cfg["pretrain"] = {**cfg.get("pretrain", {}), **runtime}
+    cfg["pretrain"] = {**OPTIONAL_RUNTIME, **cfg.get("pretrain", {}), **runtime}
     missing = [k for k in RUNTIME_KEYS if k not in cfg["pretrain"]]
     if missing:
         raise SystemExit(f"svt.pretrain: missing runtime settings {missing}: pass "
@@ -375,7 +376,7 @@ def gpu_decoder_or_fallback(pc: dict, dataset: VideoDataset, rank: int) -> str:
     try:
         check_gpu_decoder(backend, dataset.videos_root / dataset.rows[0].path)
     except RuntimeError as exc:
-        fallback = pc.get("decoder_fallback", "none")
+        fallback = pc.get("decoder_fallback", OPTIONAL_RUNTIME["decoder_fallback"])
         if fallback == "none":
             raise SystemExit(f"svt.pretrain: {exc}") from None
         if rank == 0:
@@ -412,10 +413,10 @@ def setup(args: argparse.Namespace) -> Run:
         raise SystemExit(f"{args.manifest}: {len(dataset)} training videos cannot fill one global "
                          f"batch of {bs} x {world}; lower optim.batch_size_per_gpu")
     on_gpu = device.type == "cuda"
-    if pc.get("augment_device", "auto") == "cpu" and dataset.backend in GPU_BACKENDS:
+    if pc["augment_device"] == "cpu" and dataset.backend in GPU_BACKENDS:
         raise SystemExit(f"svt.pretrain: decoder {dataset.backend!r} leaves the frames on the GPU; "
                          "pretrain.augment_device: cpu needs a CPU decoder")
-    gpu_augment = on_gpu and pc.get("augment_device", "auto") != "cpu"
+    gpu_augment = on_gpu and pc["augment_device"] != "cpu"
     # GPU augmentation: workers only decode and stack uint8 frames; CPU: they build the views
     collate = collate_clips if gpu_augment else AugmentCollate(augment, oc["seed"])
     workers = loader_workers(dataset.backend, pc["num_workers"])
@@ -424,7 +425,7 @@ def setup(args: argparse.Namespace) -> Run:
         collate_fn=collate, pin_memory=on_gpu and dataset.backend not in GPU_BACKENDS,
         # workers live for the whole run (the sampler names each item's epoch), instead of
         # forking them again, and refilling their queues, at every epoch start
-        persistent_workers=workers > 0, prefetch_factor=pc.get("prefetch", 2) if workers else None,
+        persistent_workers=workers > 0, prefetch_factor=pc["prefetch"] if workers else None,
         # its own generator: drawing worker seeds from the global RNG at every epoch start
         # would make a resumed run diverge from an uninterrupted one
         generator=torch.Generator().manual_seed(oc["seed"]))

@@ -605,12 +605,16 @@ RUNTIME_SECTIONS = ("pretrain", "cluster", "tracking")
 RECORD_FILES = ("latest.json", "config.yaml", "table.md")
 
 
+# record folder under results/experiments/ -> its variant
+RECORDS = {str(Path(variant_dir(n)).relative_to(Path(RESULTS, "experiments"))): n for n in VARIANTS}
+
+
 def record_variant(wildcards) -> str:
     """The variant whose record folder (results/experiments/<record>/) a path names."""
-    for name in VARIANTS:
-        if str(Path(variant_dir(name)).relative_to(Path(RESULTS, "experiments"))) == wildcards.record:
-            return name
-    raise ValueError(f"{RESULTS}/experiments/{wildcards.record}: not a record of this config")
+    try:
+        return RECORDS[wildcards.record]
+    except KeyError:
+        raise ValueError(f"{RESULTS}/experiments/{wildcards.record}: not a record of this config") from None
 
 
 def experiment_record(wildcards) -> str:

@@ -16,8 +16,7 @@ rule experiment:
         record=experiment_record,  # JSON of the variant's config and outputs
         code=code_hash("svt.results"),
     wildcard_constraints:
-        record="|".join(re.escape(str(Path(variant_dir(n)).relative_to(Path(RESULTS, "experiments"))))
-                        for n in VARIANTS),
+        record="|".join(map(re.escape, RECORDS)),
     log:
         f"{LOGS}/experiments/{{record}}.log",
     conda:
