@@ -29,3 +29,8 @@ run "$PY" bench/pretrain_e2e.py --device cuda --workers 2,4,8 --steps 30 --batch
     --augment auto,cpu --gpu-decoder --no-baseline
 # 6. the GPU-only tests of the input pipeline: NVDEC frames, the augmentation ops on CUDA
 run "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu_decode.py tests/test_augment_speed_ops.py tests/test_views.py
+# 7. training on the GPU (#18): views built on the GPU against the CPU workers', bf16 and
+#    fp16 + GradScaler runs, SIGKILL resume; NCCL when two GPUs are there (needs mlflow: carry
+#    its wheels, /work/.library/device/README.md). Then the suite's CPU tests on a GPU host.
+run "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py
+run "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_pretrain.py tests/test_checkpoint.py

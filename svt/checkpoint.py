@@ -28,13 +28,33 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read: truncated, corrupt, or not a safe checkpoint."""
+
+
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """The checkpoint at ``path``; CheckpointError naming the file when it cannot be read
+    (a missing file is FileNotFoundError, as usual)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch raises RuntimeError, pickle errors, EOFError... by cause
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from e
 
 
 def latest(ckpt_dir: str | os.PathLike) -> Path | None:
     path = Path(ckpt_dir) / LAST
     return path if path.exists() else None
+
+
+def seed_all(seed: int) -> None:
+    """Seed every generator rng_state saves (Python, NumPy, torch on CPU and CUDA), as DINO's
+    fix_random_seeds does: a run is repeatable, and its saved RNG states are comparable."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def rng_state() -> dict:

@@ -42,7 +42,7 @@ from svt.loss import (DINOHead, MultiViewModel, SVTLoss, apply_schedules,
 from svt.model import build_model, file_sha256, load_pretrained, pretrained_cfg
 from svt import tracking
 from svt.tracking import Tracker, flatten
-from svt.views import AugmentCollate, SVTAugment, SVTClipSampler, ViewConfig
+from svt.views import AugmentCollate, SVTAugment, SVTClipSampler, ViewConfig, sample_generator
 
 RUNTIME_KEYS = ("num_workers", "precision", "decoder", "compile", "checkpoint_every", "log_every")
 # runtime keys a recipe JSON may leave out (older callers, benchmarks), with their defaults
@@ -82,6 +82,9 @@ def init_distributed() -> tuple[int, int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
+        if local >= torch.cuda.device_count():
+            raise SystemExit(f"svt.pretrain: local rank {local} but {torch.cuda.device_count()} visible "
+                             "GPU(s): start at most one process per GPU (pretrain.devices_per_node)")
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     else:
@@ -434,7 +437,7 @@ def setup(args: argparse.Namespace) -> Run:
     # broadcasts the teacher), then each rank gets its own random stream (drop-path)
     torch.manual_seed(oc["seed"])
     student, teacher = build_nets(cfg, device)
-    torch.manual_seed(oc["seed"] + 1 + rank)
+    ckpt.seed_all(oc["seed"] + 1 + rank)
     ddp_student = (nn.parallel.DistributedDataParallel(student, device_ids=[local] if on_gpu else None)
                    if world > 1 else student)
     n_global = len(cfg["views"]["global_frames"])
@@ -458,20 +461,28 @@ def setup(args: argparse.Namespace) -> Run:
 
 def resume_or_start(run: Run) -> None:
     """Resume from the last checkpoint, but only one of this very config and data: a
-    checkpoint of other inputs is set aside (never deleted) and training starts over."""
+    checkpoint of other inputs, or one that cannot be read, is set aside (never deleted) and
+    training starts over."""
     last = ckpt.latest(run.ckpt_dir)
-    if last is not None and ckpt.load(last).get("inputs") != run.inputs:
-        if run.main_rank:
-            stale = last.with_name(f"{last.name}.stale-{int(time.time())}")
-            os.replace(last, stale)
-            print(f"pretrain: {last} was trained on other data or another config; moved to "
-                  f"{stale.name}, starting over", file=sys.stderr)
-        if dist.is_initialized():
-            dist.barrier()
-        last = None
     if last is None:
         return
-    state = ckpt.load(last, map_location=run.device)
+    try:
+        state = ckpt.load(last, map_location=run.device)
+        why = None if state.get("inputs") == run.inputs else (
+            "was trained on other data or another config", "stale")
+    except ckpt.CheckpointError as e:  # atomic saves never leave one; a damaged disk can
+        why = (f"cannot be read ({e})", "corrupt")
+    if dist.is_initialized():
+        dist.barrier()  # every rank has read the file before rank 0 may move it
+    if why is not None:  # set aside, never deleted, and train from the start
+        if run.main_rank:
+            aside = last.with_name(f"{last.name}.{why[1]}-{int(time.time())}")
+            os.replace(last, aside)
+            print(f"pretrain: {last} {why[0]}; moved to {aside.name}, starting over",
+                  file=sys.stderr)
+        if dist.is_initialized():
+            dist.barrier()
+        return
     run.student.load_state_dict(state["student"])
     run.teacher.load_state_dict(state["teacher"])
     run.optimizer.load_state_dict(state["optimizer"])
@@ -551,8 +562,9 @@ def train_step(run: Run, batch: dict, it: int, log_now: bool) -> tuple:
         views = [v.to(run.device, non_blocking=True) for v in batch["views"]]
     else:  # uint8 frames to the GPU once; crops and jitter run there
         clips = [c.to(run.device, non_blocking=True) for c in batch["clips"]]
-        g = torch.Generator().manual_seed(hash((oc["seed"], run.rank, it)) % 2**63)
-        views = run.augment.batch(clips, generator=g)
+        # seeded per sample as in the workers: the views do not depend on the rank count
+        gens = [sample_generator(oc["seed"], it // run.iters, i) for i in batch["index"].tolist()]
+        views = run.augment.batch(clips, generators=gens)
     with run.autocast():
         teacher_out = run.teacher(views[:run.loss_fn.num_global])
         student_out = run.ddp_student(views)

@@ -368,19 +368,24 @@ class SVTAugment:
                                     out=None if out is None else out[k]))
         return views
 
-    def batch(self, clips: Sequence[torch.Tensor],
-              generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    def batch(self, clips: Sequence[torch.Tensor], generator: torch.Generator | None = None,
+              generators: Sequence[torch.Generator] | None = None) -> list[torch.Tensor]:
         """Batched clips ``(B, T, H, W, 3)`` per view -> float ``(B, 3, T, S, S)`` per view.
 
-        Samples are processed in order with the same generator, so the result equals
-        calling the augment on each sample in turn.
+        Samples are processed in order, each with its own generator from ``generators``
+        (as AugmentCollate does: see sample_generator) or all with ``generator``, so the
+        result equals calling the augment on each sample in turn.
         """
         if len(clips) != len(self.cfg.views):
             raise ValueError(f"got {len(clips)} clips for {len(self.cfg.views)} views")
         sizes = {c.shape[0] for c in clips}
         if len(sizes) != 1 or any(c.ndim != 5 for c in clips):
             raise ValueError(f"expected (B, T, H, W, 3) clips with one B, got {[tuple(c.shape) for c in clips]}")
-        per_sample = [self([c[b] for c in clips], generator) for b in range(sizes.pop())]
+        n = sizes.pop()
+        if generators is not None and len(generators) != n:
+            raise ValueError(f"got {len(generators)} generators for a batch of {n}")
+        per_sample = [self([c[b] for c in clips], generators[b] if generators is not None else generator)
+                      for b in range(n)]
         return [torch.stack(views) for views in zip(*per_sample)]
 
     def describe(self) -> str:
@@ -668,13 +673,19 @@ class AugmentCollate:
                  for spec in self.augment.cfg.views]
         for b, item in enumerate(batch):
             epoch = item.get("epoch", self.epoch)  # set by the dataset: persistent workers
-            state = np.random.SeedSequence([self.seed, epoch, item["index"]]).generate_state(1)
-            g = torch.Generator().manual_seed(int(state[0]))
+            g = sample_generator(self.seed, epoch, item["index"])
             self.augment(item["clips"], generator=g, out=[v[b] for v in views])
         # the worker's time for this batch: decoding (per item) plus augmenting and stacking
         load_s = sum(b.get("load_s", 0.0) for b in batch) + time.perf_counter() - t0
         return {"views": views, "label": torch.tensor([b["label"] for b in batch], dtype=torch.long),
                 "load_s": load_s}
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator of one sample's view parameters, from (seed, epoch, dataset index) only:
+    the same views whichever worker, rank or device builds them."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1)
+    return torch.Generator().manual_seed(int(state[0]))
 
 
 def batch_tensor(shape: tuple, shared: bool) -> torch.Tensor:

@@ -264,6 +264,7 @@ def test_sample_params_draws_unchanged():
     ]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_ops_on_cuda_match_cpu():
     x = hard_images(seed=11)
@@ -284,5 +285,8 @@ def test_ops_on_cuda_match_cpu():
     spec = CFG.global_views[0]
     out = aug.apply(frames.cuda(), spec, params)
     assert out.is_cuda and out.shape == (3, 5, 72, 72)
-    # uint8 resize rounds differently on CUDA (float path): about a grey level at most
-    assert (out.cpu() - aug.apply(frames, spec, params)).abs().mean() < 0.05
+    # uint8 resize rounds differently on CUDA (float path): on average under a grey level, in
+    # the normalised output's units 1 / (255 std) ~ 0.017 (was 0.05: three grey levels). The
+    # CPU with torchvision's float path (the GPU's) measured 0.09 of a grey level here.
+    grey = 1 / (255 * max(CFG.std))
+    assert (out.cpu() - aug.apply(frames, spec, params)).abs().mean() < grey

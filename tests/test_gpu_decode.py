@@ -29,6 +29,7 @@ def test_gpu_readers_decode_in_the_training_process():
     assert loader_workers("pyav", 8) == 8
 
 
+@pytest.mark.cpu_only
 @pytest.mark.skipif(HAS_CUDA, reason="checks the message for a machine without a CUDA device")
 def test_without_a_gpu_the_job_stops_naming_what_is_missing(dataset, capsys):
     with pytest.raises(RuntimeError, match="torchcodec-cuda.*no CUDA device"):
@@ -45,6 +46,7 @@ def test_without_a_gpu_the_job_stops_naming_what_is_missing(dataset, capsys):
     assert gpu_decoder_or_fallback({"decoder": "pyav"}, dataset, rank=0) == "pyav"
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")
 def test_gpu_decode_matches_the_cpu_reader(dataset):
     path = dataset.videos_root / "a.mp4"

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from conftest import INSTALL_SLURM, needs
 from svt import launch
 
 ARGS = ["-m", "svt.pretrain", "--out-dir", "a b/c"]
@@ -28,7 +29,7 @@ def test_several_nodes_outside_slurm_is_a_clear_error():
         launch.command(2, 8, False, ARGS, {})
 
 
-@pytest.mark.skipif(not shutil.which("srun"), reason="srun not installed")
+@needs(shutil.which("srun"), "srun (SLURM)", INSTALL_SLURM)
 def test_several_nodes_in_a_job_start_one_task_per_node():
     cmd = launch.command(2, 8, False, ARGS, {"SLURM_JOB_ID": "4711"})
     assert cmd[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]

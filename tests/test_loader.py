@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import INSTALL_FFMPEG, needs
 from svt import loader
 from svt.loader import (
     CPU_BACKENDS,
@@ -27,7 +28,7 @@ from svt.loader import (
 )
 from svt.manifest import ManifestRow, write_rows
 
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+pytestmark = needs(shutil.which("ffmpeg"), "ffmpeg", INSTALL_FFMPEG)
 
 W, H, FPS = 64, 48, 30
 LEVELS = np.array([32, 96, 160, 224])
@@ -163,8 +164,6 @@ def test_empty_request(video, backend):
 
 
 def test_backends_agree_on_pixels(video):
-    if len(AVAILABLE) < 2:
-        pytest.skip("needs two backends")
     idx = [0, 7, 16, 31, 59]
     ref = read_frames(video, idx, AVAILABLE[0]).int()
     for backend in AVAILABLE[1:]:
@@ -378,7 +377,9 @@ def test_collate_shapes():
         collate_clips([item, bad])
 
 
-@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
+                    reason="needs the fork start method: an OS feature (Linux, macOS), nothing to "
+                           "install; run the tests there")
 def test_dataloader_two_workers(manifest, videos):
     ds = VideoDataset(manifest, videos, ToySampler(), seed=3)
     ds.set_epoch(2)

@@ -13,6 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from official_svt import (BACKBONE, OFFICIAL_KEYS, TINY_OFFICIAL, TINY_WIDTHS, official_backbone,
+                          official_head, official_release)
 from svt._compat import import_timm
 from svt.model import (ARCHS, Attention, VisionTransformerSVT, build_model, checkpoint_filter_fn,
                        file_sha256, load_pretrained)
@@ -279,14 +281,12 @@ def test_build_model_from_config_section():
 
 
 def test_official_key_layout():
-    keys = set(tiny().state_dict())
-    for k in ["cls_token", "pos_embed", "time_embed", "patch_embed.proj.weight", "norm.weight",
-              "blocks.1.norm1.weight", "blocks.1.attn.qkv.weight", "blocks.1.attn.qkv.bias",
-              "blocks.1.attn.proj.weight", "blocks.1.temporal_norm1.bias",
-              "blocks.1.temporal_attn.qkv.weight", "blocks.1.temporal_attn.proj.bias",
-              "blocks.1.temporal_fc.weight", "blocks.1.norm2.weight", "blocks.1.mlp.fc1.weight",
-              "blocks.1.mlp.fc2.bias"]:
-        assert k in keys, k
+    """At the official configuration (ViT-B/16, 8 frames, 224 px) our parameters are the
+    official release's backbone, name for name and shape for shape (the fixture in
+    tests/fixtures/, tests/official_svt.py)."""
+    model = build_model(arch="vit_base", num_frames=8, img_size=224, patch_size=16)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert ours == official_backbone()
 
 
 # ---------------------------------------------------------------- loading image ViTs
@@ -362,28 +362,85 @@ def test_unsupported_image_layout_raises():
 
 
 # ---------------------------------------------------------------- official SVT release
+# tests/official_svt.py: the released teacher state dict's names and shapes (a fixture read from
+# the official code); the synthetic releases below are built from that list alone.
 
-def test_official_svt_layout_8_frames_loads_into_16_frame_model(tmp_path):
-    src = tiny(num_frames=8).eval()
-    perturb(src)
-    sd = {"backbone." + k: v for k, v in src.state_dict().items()}
-    sd["head.mlp.0.weight"] = torch.randn(64, 32)   # the DINO projection head: dropped
-    sd["head.last_layer.weight_v"] = torch.randn(100, 16)
-    torch.save(sd, tmp_path / "kinetics400_vitb_ssl.pth")
+def assert_loaded_from(model: VisionTransformerSVT, release: dict, frames_repeat: int = 1) -> None:
+    """Every model tensor equals the official tensor of the same name (time_embed: each of the
+    release's 8 rows repeated ``frames_repeat`` times, nearest resampling)."""
+    own = model.state_dict()
+    assert set(own) == set(official_backbone())
+    for k, v in own.items():
+        want = release[BACKBONE + k]
+        if k == "time_embed":
+            want = want.repeat_interleave(frames_repeat, 1)
+        assert torch.equal(v, want), k
 
-    m = tiny(num_frames=16).eval()
+
+def test_official_fixture_is_a_divided_space_time_vit_b16_with_dino_head():
+    """The fixture itself: 12 divided space-time blocks of width 768, 8 frames, 224 px, and
+    the DINO head (3-layer MLP, weight-normalised last layer)."""
+    backbone, head = official_backbone(), official_head()
+    assert len(OFFICIAL_KEYS) == len(backbone) + len(head) == 5 + 12 * 20 + 2 + 8
+    assert backbone["pos_embed"] == (1, 1 + 14 * 14, 768) and backbone["time_embed"] == (1, 8, 768)
+    assert backbone["blocks.11.temporal_fc.weight"] == (768, 768)
+    assert head == {"head." + k for k in ("mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias",
+                                          "mlp.4.weight", "mlp.4.bias", "last_layer.weight_g",
+                                          "last_layer.weight_v")}
+
+
+@pytest.mark.parametrize("num_frames", [8, 16])
+def test_official_release_fills_every_parameter(tmp_path, num_frames):
+    """The release as published (the teacher's state dict: `backbone.` tensors and the DINO
+    head) into the 8-frame model it was trained as and into our 16-frame default: nothing
+    missing, nothing unexpected, every tensor from its official namesake."""
+    release = official_release(TINY_WIDTHS)
+    torch.save(release, tmp_path / "kinetics400_vitb_ssl.pth")
+    m = build_model(**{**TINY_OFFICIAL, "num_frames": num_frames}).eval()
     missing, unexpected = load_pretrained(m, tmp_path / "kinetics400_vitb_ssl.pth")
     assert missing == [] and unexpected == []
-    # nearest 8 -> 16 repeats every frame row twice, as SVT does at run time
-    torch.testing.assert_close(m.time_embed.detach(),
-                               src.time_embed.detach().repeat_interleave(2, 1))
-    for k, v in src.state_dict().items():
-        if k != "time_embed":
-            assert torch.equal(m.state_dict()[k], v), k
-    # and 8-frame clips give the same features (16 -> 8 takes rows 0, 2, ... back)
+    assert_loaded_from(m, release, frames_repeat=num_frames // 8)
+
+
+def test_official_release_filter_drops_exactly_the_dino_head():
+    release = official_release(TINY_WIDTHS)
+    out = checkpoint_filter_fn(release, build_model(**TINY_OFFICIAL))
+    kept = {BACKBONE + k for k in out}
+    assert kept <= set(release)
+    assert set(release) - kept == official_head()
+    assert set(out) == set(official_backbone())
+
+
+def test_official_training_checkpoint_loads_the_teacher(tmp_path):
+    """train_ssl.py's checkpoint.pth: the same teacher dict under 'teacher', beside the
+    DDP student (`module.` prefix), optimizer, args (argparse.Namespace), DINO loss centre and
+    the fp16 scaler; the teacher's tensors are the ones loaded."""
+    teacher, student = official_release(TINY_WIDTHS, seed=0), official_release(TINY_WIDTHS, seed=1)
+    ckpt = {"student": {"module." + k: v for k, v in student.items()}, "teacher": teacher,
+            "motion_student": 0, "motion_teacher": 0,
+            "optimizer": {"state": {0: {"step": torch.tensor(5.0), "exp_avg": torch.zeros(3)}},
+                          "param_groups": [{"lr": 1e-4, "weight_decay": 0.04, "params": [0]}]},
+            "epoch": 20, "args": argparse.Namespace(arch="timesformer", out_dim=65536),
+            "dino_loss": {"center": torch.zeros(1, 100)},
+            "fp16_scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                            "growth_interval": 2000, "_growth_tracker": 0}}
+    torch.save(ckpt, tmp_path / "checkpoint.pth")
+    m = build_model(**TINY_OFFICIAL)
+    assert load_pretrained(m, tmp_path / "checkpoint.pth") == ([], [])
+    assert_loaded_from(m, teacher)
+
+
+def test_official_release_8_frame_clips_match_the_8_frame_model(tmp_path):
+    """Loaded into our 16-frame default, 8-frame clips give the 8-frame model's features
+    (nearest 16 -> 8 takes rows 0, 2, ... back: the released table)."""
+    torch.save(official_release(TINY_WIDTHS), tmp_path / "kinetics400_vitb_ssl.pth")
+    models = {}
+    for t in (8, 16):
+        models[t] = build_model(**{**TINY_OFFICIAL, "num_frames": t}).eval()
+        assert load_pretrained(models[t], tmp_path / "kinetics400_vitb_ssl.pth") == ([], [])
     x = torch.randn(2, 3, 8, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(m(x), src(x))
+        torch.testing.assert_close(models[16](x), models[8](x))
 
 
 def test_filter_strips_nested_prefixes_and_heads():
@@ -464,8 +521,9 @@ def test_spatial_table_nearest_default_matches_posembed():
 @pytest.mark.slow
 def test_full_size_vit_b16_layouts_load_without_unexpected_keys(tmp_path):
     """The two foreign layouts users bring, at the paper's size (ViT-B/16, random values):
-    a timm ViT-B/16 image checkpoint and the official SVT release (teacher state dict with a
-    `backbone.` prefix and an 8-entry temporal table)."""
+    a timm ViT-B/16 image checkpoint and the official SVT release (built from the fixture of its
+    names and shapes: teacher state dict, `backbone.` prefix, DINO head, 8-entry temporal table),
+    every tensor filled from its official namesake."""
     torch.manual_seed(0)
     image = VisionTransformer(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
                               num_classes=1000, global_pool="token", class_token=True, qkv_bias=True)
@@ -475,12 +533,11 @@ def test_full_size_vit_b16_layouts_load_without_unexpected_keys(tmp_path):
     missing, unexpected = load_pretrained(model, tmp_path / "vit_base_patch16_224.pth")
     assert unexpected == [] and missing == []
 
-    official = build_model(arch="vit_base", num_frames=8, drop_path_rate=0.0).state_dict()
-    torch.save({"teacher": {f"backbone.{k}": torch.randn_like(v) for k, v in official.items()}},
-               tmp_path / "kinetics400_vitb_ssl.pth")
-    del official
+    release = official_release()  # full size, from the fixture alone
+    torch.save(release, tmp_path / "kinetics400_vitb_ssl.pth")
     missing, unexpected = load_pretrained(model, tmp_path / "kinetics400_vitb_ssl.pth")
     assert unexpected == [] and missing == []
+    assert_loaded_from(model, release, frames_repeat=2)
     assert model.time_embed.shape == (1, 16, 768)
 
 

@@ -47,7 +47,7 @@ def copy_checkout(dst: Path) -> Path:
 
 def snakemake(repo: Path, work: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # the CPU, also on a GPU host
     res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"),
                           "--cores", "2", *args], cwd=work, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -16,6 +16,7 @@ from svt.loader import VideoDataset, collate_clips, uniform_indices
 from svt.manifest import ManifestRow, write_rows
 from svt.views import (
     TF,
+    AugmentCollate,
     SVTAugment,
     SVTClipSampler,
     ViewConfig,
@@ -23,6 +24,7 @@ from svt.views import (
     adjust_hue,
     blur_kernel_size,
     gaussian_blur,
+    sample_generator,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -412,6 +414,31 @@ def test_augment_pickles():
     assert all(torch.equal(x, y) for x, y in zip(aug(clips, gen(1)), clone(clips, gen(1))))
 
 
+def test_views_built_in_the_trainer_equal_the_workers_views_whatever_the_batch_split():
+    """The GPU path builds views in the trainer from a batch of clips; seeded per sample by
+    (seed, epoch, dataset index) like AugmentCollate, its views are the workers' bit for bit
+    here on the CPU, and splitting the batch over two ranks changes none of them."""
+    cfg = paper_cfg(**AUG_ON)
+    aug = SVTAugment(cfg)
+    items = [{"clips": clips_for(cfg, 40, 48, seed=10 * i), "index": idx, "epoch": 3, "label": 0}
+             for i, idx in enumerate((5, 2, 9, 0))]
+    workers = AugmentCollate(aug, seed=7)(items)["views"]
+
+    def trainer(part):
+        clips = [torch.stack([it["clips"][k] for it in part]) for k in range(len(cfg.views))]
+        return aug.batch(clips, generators=[sample_generator(7, 3, it["index"]) for it in part])
+
+    one_rank = trainer(items)
+    two_ranks = [torch.cat(pair) for pair in zip(trainer(items[0::2]), trainer(items[1::2]))]
+    order = [0, 2, 1, 3]  # rank 0 held items 0 and 2, rank 1 items 1 and 3
+    for w, a, b in zip(workers, one_rank, two_ranks, strict=True):
+        assert torch.equal(w, a) and torch.equal(w, b[torch.tensor(order).argsort()])
+    with pytest.raises(ValueError, match="3 generators for a batch of 4"):
+        aug.batch([torch.stack([it["clips"][k] for it in items]) for k in range(len(cfg.views))],
+                  generators=[gen(0)] * 3)
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_matches_cpu():
     # Solarize off: a grey level of resize rounding can move a pixel across its threshold.
@@ -422,8 +449,10 @@ def test_cuda_matches_cpu():
     gpu = aug([c.cuda() for c in clips], gen(3))  # parameters still drawn on the CPU
     for x, y in zip(cpu, gpu):
         assert y.is_cuda and y.shape == x.shape
-        # uint8 resize rounds differently on CUDA (float path): about a grey level at most.
-        assert (x - y.cpu()).abs().mean() < 0.05
+        # uint8 resize rounds differently on CUDA (float path): on average under a grey level,
+        # 1 / (255 std) ~ 0.017 in the normalised output (was 0.05: three grey levels). The CPU
+        # with torchvision's float path (the GPU's) measured at most 0.22 of a grey level.
+        assert (x - y.cpu()).abs().mean() < 1 / (255 * max(cfg.std))
 
 
 # --------------------------------------------------------------------------- with the loader

@@ -68,6 +68,12 @@ def test_data_stage_end_to_end(demo, tmp_path):
     # a second run has nothing to do; a changed decode setting gets a new folder
     again = snakemake(tmp_path, "data", "--configfile", str(cfg))
     assert "Nothing to be done" in again.stdout + again.stderr
+    # nor after switching the tracking URI (it reaches the jobs through the environment;
+    # decode_report is a tracked step): Snakemake's params and code triggers do not fire
+    moved = {**yaml.safe_load(cfg.read_text()), "tracking": {"uri": "http://127.0.0.1:9/elsewhere"}}
+    (tmp_path / "moved.yaml").write_text(yaml.safe_dump(moved))
+    again = snakemake(tmp_path, "data", "-n", "--configfile", str(tmp_path / "moved.yaml"))
+    assert "Nothing to be done" in again.stdout + again.stderr
     cfg2 = write_config(tmp_path, yaml.safe_load(cfg.read_text())["data"]["datasets"],
                         short_side=32, max_reject_fraction=0.3)
     snakemake(tmp_path, "data", "--configfile", str(cfg2))
@@ -147,6 +153,7 @@ def test_slurm_profile_dry_run_without_slurm(demo, tmp_path):
     assert "This was a dry-run" in out and "decode_shard" in out and "pretrain" in out
 
 
+@pytest.mark.cpu_only
 def test_local_cpu_only_run_claims_no_gpus(demo, tmp_path):
     """A local run on a machine without GPUs plans pretraining and feature extraction without
     gpu resources (the SLURM tests check that cluster jobs still ask for them)."""
@@ -161,3 +168,34 @@ def test_local_cpu_only_run_claims_no_gpus(demo, tmp_path):
     lines = [l for l in res.stdout.splitlines() if l.strip().startswith("resources:")]
     assert lines and "rule pretrain:" in res.stdout and "rule features:" in res.stdout
     assert not any("gpu" in l for l in lines), lines
+
+
+def test_switching_the_tracking_uri_changes_no_job(demo, tmp_path):
+    """The tracking URI reaches the jobs through the environment (SVT_TRACKING_URI, set by
+    workflow/rules/common.smk), never through a rule's params or shell command: the whole
+    pipeline's planned jobs and commands are the same for any URI, so Snakemake's params and
+    code rerun triggers cannot fire when it changes (test_data_stage_end_to_end checks this
+    on completed jobs)."""
+    cfg = write_config(tmp_path, {"demo": {"format": "ucf101", "root": str(demo / "videos"),
+                                           "annotations": str(demo / "splits")}})
+    uris = ["http://127.0.0.1:9/svt-test-server", f"sqlite:///{tmp_path / 'elsewhere' / 'svt-other.db'}"]
+    plans = []
+    for i, uri in enumerate(uris):
+        data = yaml.safe_load(cfg.read_text())
+        data["tracking"] = {"uri": uri}
+        path = tmp_path / f"tracking-{i}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        out = snakemake(tmp_path, "-n", "-p", "--configfile", str(path)).stdout
+        assert "svt-other.db" not in out and "svt-test-server" not in out
+        # the jobs (rule, files, wildcards, resources, shell command), without the header
+        # (date, config file and its MD5), the timestamps and the reasons (sets of missing
+        # files, in no fixed order)
+        jobs = re.sub(r"^(\[.*\]|\s+reason: .*)\n", "", out[out.index("Building DAG of jobs"):],
+                      flags=re.M)
+        plans.append(sorted(block.strip() for block in jobs.split("\n\n")))
+    assert plans[0] == plans[1]
+    # every tracked step is planned and reads the URI from the environment
+    for rule in ("decode_report", "curate", "pretrain", "probe", "eval_table", "experiment"):
+        assert any(block.startswith(f"rule {rule}:") for block in plans[0]), rule
+    commands = [b for b in plans[0] if "Shell command:" in b]
+    assert sum('--tracking-uri "$SVT_TRACKING_URI"' in b for b in commands) >= 6

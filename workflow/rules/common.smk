@@ -378,10 +378,20 @@ def local_gpu_count() -> int:
     return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
 
 
+def cluster_exec() -> bool:
+    """Jobs go to a cluster executor (--profile slurm), also in its dry run: Snakemake runs
+    every dry run through its local "dryrun" executor and keeps the intended one only as
+    execution_settings.use_threads, which it forces on for remote executors (snakemake.api)."""
+    if not workflow.local_exec:
+        return True
+    return workflow.dryrun and bool(workflow.execution_settings.use_threads)
+
+
 def gpu_request(value):
     """A GPU resource, decided per job: a local run on a machine without GPUs does not claim
-    it (a resource that evaluates to None is dropped), a cluster job always does."""
-    return lambda wildcards: None if workflow.local_exec and local_gpu_count() == 0 else value
+    it (a resource that evaluates to None is dropped), a cluster job always does (and so does
+    the dry run of a cluster profile, on a login node without GPUs)."""
+    return lambda wildcards: None if not cluster_exec() and local_gpu_count() == 0 else value
 
 
 def pretrain_resources() -> dict:
