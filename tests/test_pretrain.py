@@ -95,7 +95,7 @@ def metrics(out):
 
 
 def test_trains_exports_and_logs(data, tmp_path):
-    res = run(command(data, tmp_path))
+    res = run(command(data, tmp_path, extra=["--log-checkpoint"]))  # tracking.log_checkpoints
     assert res.returncode == 0, res.stderr[-3000:]
     rows = metrics(tmp_path)
     assert [int(r["step"]) for r in rows] == list(range(1, 13))  # 3 epochs x 4 batches of 2
@@ -116,31 +116,15 @@ def test_trains_exports_and_logs(data, tmp_path):
                 "loader_samples_per_s"):
         assert key in run_.data.metrics
     assert 0 <= run_.data.metrics["data_wait"] <= 1 and run_.data.metrics["loader_samples_per_s"] > 0
-
-
-def test_log_checkpoints_copies_the_teacher_backbone_into_mlflow(data, tmp_path):
-    """tracking.log_checkpoints (--log-checkpoint): the exported backbone, byte for byte, in the
-    run's artifacts under checkpoints/; without it only its path and sha256 are logged."""
+    # --log-checkpoint: the exported backbone in the run's artifacts, byte for byte (without
+    # it, only its path and sha256: test_resumed_job_continues_its_run_under_a_new_workflow_run)
     from mlflow.artifacts import download_artifacts
-    from mlflow.tracking import MlflowClient
-
-    for flag, out in ((["--log-checkpoint"], tmp_path / "logged"), ([], tmp_path / "plain")):
-        res = run(command(data, out, extra=["--max-steps", "2", *flag]))
-        assert res.returncode == 0, res.stderr[-2000:]
-    uri = f"sqlite:///{tmp_path / 'logged' / 'mlflow.db'}"
-    run_id = json.loads((tmp_path / "logged" / "run.json").read_text())["mlflow_run_id"]
-    listed = [a.path for a in MlflowClient(uri).list_artifacts(run_id, "checkpoints")]
-    assert listed == ["checkpoints/teacher_backbone.pth"]
-    got = Path(download_artifacts(run_id=run_id, artifact_path="checkpoints/teacher_backbone.pth",
-                                  dst_path=str(tmp_path / "dl"), tracking_uri=uri))
-    exported = (tmp_path / "logged" / "teacher_backbone.pth").read_bytes()
-    assert got.read_bytes() == exported
-    tags = MlflowClient(uri).get_run(run_id).data.tags
-    assert tags["svt.teacher_backbone_sha256"] == hashlib.sha256(exported).hexdigest()
-    uri = f"sqlite:///{tmp_path / 'plain' / 'mlflow.db'}"
-    run_id = json.loads((tmp_path / "plain" / "run.json").read_text())["mlflow_run_id"]
-    assert MlflowClient(uri).list_artifacts(run_id, "checkpoints") == []
-    assert "svt.teacher_backbone_sha256" in MlflowClient(uri).get_run(run_id).data.tags
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/teacher_backbone.pth"]
+    got = download_artifacts(run_id=run_id, artifact_path="checkpoints/teacher_backbone.pth",
+                             dst_path=str(tmp_path / "dl"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exported_bytes = (tmp_path / "teacher_backbone.pth").read_bytes()
+    assert Path(got).read_bytes() == exported_bytes
+    assert run_.data.tags["svt.teacher_backbone_sha256"] == hashlib.sha256(exported_bytes).hexdigest()
 
 
 def test_mlflow_names_put_the_training_curves_first():
@@ -222,6 +206,7 @@ def test_resumed_job_continues_its_run_under_a_new_workflow_run(data, tmp_path):
     assert "system/cpu_utilization_percentage" in run_.data.metrics
     assert tags["svt.teacher_backbone_sha256"] == hashlib.sha256(
         (tmp_path / "teacher_backbone.pth").read_bytes()).hexdigest()
+    assert client.list_artifacts(run_.info.run_id, "checkpoints") == []  # no --log-checkpoint
 
 
 def assert_identical(a, b, where: str = "checkpoint") -> None:
