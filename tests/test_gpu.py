@@ -43,11 +43,14 @@ def run_gpu(cmd, devices: str = "0") -> subprocess.CompletedProcess:
 
 
 def recipe(**optim) -> dict:
-    """The tiny recipe with a fast teacher: the loss falls within 20 steps (from ~2.8 to
-    under 0.1 on the CPU), so 'decreasing' is a clear signal, not noise."""
+    """The tiny recipe, made for a loss that falls step after step: a fast teacher (momentum
+    0.9) and no centering. The student then fits the teacher steadily (on the CPU in bf16:
+    2.8 -> 0.007 in 20 steps); with DINO's centering the loss of 8 videos rises again after
+    a few steps, whatever the lr, as the centre catches up."""
     cfg = json.loads(json.dumps(TINY))
     cfg["model"]["drop_path_rate"] = 0.0
-    cfg["optim"].update(lr=0.064, momentum_teacher=0.5, **optim)
+    cfg["loss"]["center_momentum"] = 1.0
+    cfg["optim"].update({"lr": 0.064, "momentum_teacher": 0.9, "epochs": 3, **optim})
     return cfg
 
 
@@ -78,11 +81,11 @@ def test_views_built_on_the_gpu_equal_the_cpu_workers_views():
 def test_mixed_precision_training_is_finite_and_learns(data, tmp_path, precision):
     """20 steps on the GPU (views built there): every loss finite and the loss falling; fp16
     goes through the GradScaler, whose state is checkpointed."""
-    cfg = recipe(epochs=10, batch_size_per_gpu=4)  # 8 videos: 2 steps an epoch
-    res = run_gpu(command(data, tmp_path, cfg=cfg, extra=["--precision", precision]))
+    cfg = recipe(epochs=50, batch_size_per_gpu=4)  # 20 steps of 100: lr and momentum schedules mid-way
+    res = run_gpu(command(data, tmp_path, cfg=cfg, extra=["--precision", precision, "--max-steps", "20"]))
     losses = [float(r["loss"]) for r in metrics(tmp_path)]
     assert len(losses) == 20 and all(math.isfinite(x) for x in losses), losses
-    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
+    assert sum(losses[-5:]) / 5 < 0.25 * sum(losses[:5]) / 5, losses  # CPU bf16: 0.007 vs 2.3
     state = ckpt.load(tmp_path / "ckpt" / "last.pth")
     if precision == "fp16":
         assert state["scaler"]["scale"] > 0, state["scaler"]
