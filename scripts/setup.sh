@@ -24,6 +24,13 @@ MSG
   fi
 fi
 
+# ---- a C++ compiler (torch.compile's CPU backend: pretrain.compile: blocks on a CPU, and its
+# tests; optional otherwise: without one, compilation warns and runs eager) ----
+if ! command -v g++ >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "setup: installing g++ with apt-get"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null
+fi
+
 # ---- virtual environment ----
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
   { echo "setup: Python >= 3.11 is required ($PY is $("$PY" -V 2>&1))" >&2; exit 1; }

@@ -558,7 +558,8 @@ def test_compiled_blocks_match_eager_outputs_and_gradients():
     (fp32, rtol 1e-5), one shared graph for all blocks, the compile time recorded."""
     problem = _cpu_compiler_problem()
     if problem:
-        pytest.skip(f"torch.compile does not work on this machine: {problem}")
+        pytest.skip(f"torch.compile does not work on this machine: {problem}; install a C++ "
+                    "compiler with: sudo apt-get install g++  (make setup runs it as root)")
     m = tiny(depth=3, num_frames=4, drop_path_rate=0.0)
     perturb(m, scale=0.2)
     m.train()

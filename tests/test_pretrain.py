@@ -439,7 +439,8 @@ def test_compiled_blocks_train_like_eager_and_log_the_compile_time(data, tmp_pat
 
     problem = _cpu_compiler_problem()
     if problem:
-        pytest.skip(f"torch.compile does not work on this machine: {problem}")
+        pytest.skip(f"torch.compile does not work on this machine: {problem}; install a C++ "
+                    "compiler with: sudo apt-get install g++  (make setup runs it as root)")
     cfg = json.loads(json.dumps(TINY))
     cfg["model"]["drop_path_rate"] = 0.0  # compiled and eager draw random numbers differently
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
