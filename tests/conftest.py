@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -103,6 +104,16 @@ def snakemake(workdir: Path, *args: str, check: bool = True, **popen) -> subproc
     if check:
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res
+
+
+def job_stats(res: subprocess.CompletedProcess) -> dict[str, int]:
+    """Snakemake's 'Job stats' table (rule -> jobs), as printed by real and dry runs; {} only
+    when Snakemake said there was nothing to do (an unparsed table fails the caller)."""
+    out = res.stdout + res.stderr
+    stats = {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", out, re.M) if k != "total"}
+    if not stats:
+        assert "Nothing to be done" in out, f"no job table and not 'Nothing to be done':\n{out[-3000:]}"
+    return stats
 
 
 def stop_group(proc: subprocess.Popen, sig: int, timeout: float = 30) -> None:

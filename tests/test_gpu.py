@@ -5,7 +5,6 @@ Everything else in the suite means the CPU and says so (tests/test_pretrain.py c
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -17,10 +16,9 @@ import torch
 
 from conftest import REPO
 from svt import checkpoint as ckpt
-from svt import pretrain
 from svt.views import AugmentCollate, SVTAugment, ViewConfig, sample_generator
-from test_pretrain import (TINY, command, kill_at_a_mid_epoch_checkpoint, make_train_data, metrics,
-                           weight_gaps)
+from test_pretrain import (TINY, assert_weights_within, command, initial_weights,
+                           kill_at_a_mid_epoch_checkpoint, make_train_data, metrics)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -111,12 +109,7 @@ def test_sigkill_resume_on_the_gpu(data, tmp_path):
     assert f"at step {saved}" in res.stderr
     a, b = ckpt.load(straight / "ckpt" / "last.pth"), ckpt.load(killed / "ckpt" / "last.pth")
     assert a["step"] == b["step"] == total
-    torch.manual_seed(cfg["optim"]["seed"])
-    student0, teacher0 = pretrain.build_nets(cfg, torch.device("cpu"))
-    for part, init in (("student", student0.state_dict()), ("teacher", teacher0.state_dict())):
-        gaps = weight_gaps(a[part], b[part], init)
-        worst = max(gaps, key=gaps.get)
-        assert gaps[worst] < 0.05, f"{part}.{worst}: {gaps[worst]:.3g} of its movement"
+    assert_weights_within(a, b, initial_weights(cfg), 0.05)
     assert [int(r["step"]) for r in metrics(killed)] == list(range(1, total + 1))
 
 
@@ -134,12 +127,7 @@ def test_two_gpu_nccl_ddp_matches_one_gpu(data, tmp_path):
     run_gpu(command(data, tmp_path / "two", cfg=cfg, launcher=(*torchrun, "-m", "svt.pretrain")),
             devices="0,1")
     a, b = ckpt.load(tmp_path / "one" / "ckpt" / "last.pth"), ckpt.load(tmp_path / "two" / "ckpt" / "last.pth")
-    torch.manual_seed(cfg["optim"]["seed"])
-    student0, teacher0 = pretrain.build_nets(cfg, torch.device("cpu"))
-    for part, init in (("student", student0.state_dict()), ("teacher", teacher0.state_dict())):
-        gaps = weight_gaps(a[part], b[part], init)
-        worst = max(gaps, key=gaps.get)
-        assert gaps[worst] < 1e-3, f"{part}.{worst}: {gaps[worst]:.3g} of its movement"
-    la = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "one" / "metrics.csv"))]
-    lb = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "two" / "metrics.csv"))]
+    assert_weights_within(a, b, initial_weights(cfg), 1e-3)
+    la = [float(r["loss"]) for r in metrics(tmp_path / "one")]
+    lb = [float(r["loss"]) for r in metrics(tmp_path / "two")]
     assert lb == pytest.approx(la, rel=1e-4)

@@ -10,13 +10,12 @@ section describes, so the tiny release goes through exactly the code a ViT-B one
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
 import yaml
 
-from conftest import snakemake, tiny_pipeline_config
+from conftest import job_stats, snakemake, tiny_pipeline_config
 from official_svt import BACKBONE, TINY_OFFICIAL, TINY_WIDTHS, official_backbone, official_release
 from svt.adapt import load_adapted
 from svt.demo_data import generate
@@ -48,15 +47,12 @@ def imported_run(tmp_path_factory):
     wd.mkdir()
     (wd / "test.yaml").write_text(yaml.safe_dump(cfg))
     res = snakemake(wd, "--configfile", "test.yaml")
-    return {"wd": wd, "ckpt": ckpt, "release": release, "out": res.stdout + res.stderr}
-
-
-def job_counts(out: str) -> dict[str, int]:
-    return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", out, re.M) if k != "total"}
+    return {"wd": wd, "ckpt": ckpt, "release": release, "out": res.stdout + res.stderr,
+            "jobs": job_stats(res)}
 
 
 def test_no_pretraining_and_the_imported_backbone_is_evaluated(imported_run):
-    jobs = job_counts(imported_run["out"])
+    jobs = imported_run["jobs"]
     assert "pretrain" not in jobs and "curate" not in jobs, jobs
     assert jobs["adapt"] == 1 and jobs["features"] == 4 and jobs["probe"] == 1, jobs
     assert jobs["eval_table"] == 1, jobs

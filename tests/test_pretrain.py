@@ -339,6 +339,22 @@ def weight_gaps(a: dict, b: dict, init: dict) -> dict[str, float]:
     return gaps
 
 
+def initial_weights(cfg: dict) -> dict:
+    """The student and teacher weights svt.pretrain starts from (it seeds, then builds)."""
+    torch.manual_seed(cfg["optim"]["seed"])
+    student, teacher = pretrain.build_nets(cfg, torch.device("cpu"))
+    return {"student": student.state_dict(), "teacher": teacher.state_dict()}
+
+
+def assert_weights_within(ref: dict, got: dict, init: dict, bound: float) -> None:
+    """Student and teacher of two checkpoints: every tensor within ``bound`` of its movement
+    (weight_gaps)."""
+    for part in ("student", "teacher"):
+        gaps = weight_gaps(ref[part], got[part], init[part])
+        worst = max(gaps, key=gaps.get)
+        assert gaps[worst] < bound, f"{part}.{worst} differs by {gaps[worst]:.2g} of its movement"
+
+
 def test_two_process_ddp_on_gloo_matches_one_process(data, tmp_path):
     """2 ranks x batch 2 against 1 rank x batch 4: same samples per step, same augmentations,
     gradients averaged by DDP, centre all-reduced, so the same losses, weights and optimizer
@@ -359,9 +375,7 @@ def test_two_process_ddp_on_gloo_matches_one_process(data, tmp_path):
                       launcher=(*torchrun, str(REPO / "tests" / "ddp_without_grad_sync.py"))))
     assert res.returncode == 0, res.stderr[-3000:]
 
-    torch.manual_seed(cfg["optim"]["seed"])  # the initial weights, as svt.pretrain builds them
-    student0, teacher0 = pretrain.build_nets(cfg, torch.device("cpu"))
-    init = {"student": student0.state_dict(), "teacher": teacher0.state_dict()}
+    init = initial_weights(cfg)
     ref = ckpt.load(tmp_path / "one" / "ckpt" / "last.pth")
     for part in ("student", "teacher"):
         moved = max((ref[part][k] - init[part][k]).abs().max().item() for k in init[part])
@@ -369,11 +383,8 @@ def test_two_process_ddp_on_gloo_matches_one_process(data, tmp_path):
 
     def compare(run_dir: Path) -> None:
         got = ckpt.load(run_dir / "ckpt" / "last.pth")
-        for part in ("student", "teacher"):
-            gaps = weight_gaps(ref[part], got[part], init[part])
-            # measured: <= 4.5e-5 of the movement per tensor (summation order of the all-reduce)
-            worst = max(gaps, key=gaps.get)
-            assert gaps[worst] < 3e-4, f"{part}.{worst} differs by {gaps[worst]:.2g} of its movement"
+        # measured: <= 4.5e-5 of the movement per tensor (summation order of the all-reduce)
+        assert_weights_within(ref, got, init, 3e-4)
         # AdamW's moments hold the averaged gradients of every step (all tensors together: a
         # key bias's moments are rounding noise). measured: 5e-7 relative
         for key in ("exp_avg", "exp_avg_sq"):

@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import INSTALL_SLURM, REPO, missing, snakemake, stop_group, tiny_pipeline_config
+from conftest import INSTALL_SLURM, REPO, job_stats, missing, snakemake, stop_group, tiny_pipeline_config
 from svt.demo_data import generate
 
 pytestmark = pytest.mark.slow
@@ -41,16 +41,6 @@ def write(workdir: Path, cfg: dict, name: str = "tiny.yaml") -> Path:
     path = workdir / name
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def job_stats(res: subprocess.CompletedProcess) -> dict[str, int]:
-    """Snakemake's 'Job stats' table (rule -> jobs), as printed by real and dry runs; {} only
-    when Snakemake said there was nothing to do (an unparsed table fails the caller)."""
-    out = res.stdout + res.stderr
-    stats = {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", out, re.M) if k != "total"}
-    if not stats:
-        assert "Nothing to be done" in out, f"no job table and not 'Nothing to be done':\n{out[-3000:]}"
-    return stats
 
 
 @pytest.fixture(scope="module")
