@@ -9,17 +9,27 @@ export OMP_NUM_THREADS ?= 1
 # Rules call `python -m svt.<step>`: the venv's python must come first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo demo-data test lint bench clean gc dashboard mlflow-server mlflow-server-stop results
+.PHONY: setup demo demo-data demo-motion demo-gpu test lint bench clean gc dashboard mlflow-server mlflow-server-stop results
 
 setup:            ## create .venv with pinned dependencies; install ffmpeg if missing
 	bash scripts/setup.sh
 
-demo-data: setup  ## generate the seeded synthetic dataset and copy the real clips
-	$(PY) -m svt.demo_data --out $(DEMO_DATA)/ucf101 --real-out $(DEMO_DATA)/real
+demo-data: setup  ## generate the seeded synthetic shapes dataset and copy the real clips
+	$(PY) -m svt.demo_data --out $(DEMO_DATA)/shapes --classes shapes --clips 4 --real-out $(DEMO_DATA)/real
 
 demo: demo-data   ## run the whole workflow on the demo data (local executor), then print the table
 	SVT_PRINT_TABLE=0 $(VENV)/bin/snakemake --cores $(CORES) --configfile config/demo.yaml
 	@$(PY) -m svt.results --results-dir results --experiment demo  # once, last (also after a no-op)
+
+demo-motion: setup  ## the motion-only demo design (config/demo-motion.yaml)
+	$(PY) -m svt.demo_data --out $(DEMO_DATA)/ucf101 --real-out $(DEMO_DATA)/real
+	SVT_PRINT_TABLE=0 $(VENV)/bin/snakemake --cores $(CORES) --configfile config/demo-motion.yaml
+	@$(PY) -m svt.results --results-dir results --experiment demo-motion
+
+demo-gpu: setup   ## the demo at GPU size (config/demo-gpu.yaml, one GPU, about 10 minutes)
+	$(PY) -m svt.demo_data --out $(DEMO_DATA)/shapes-gpu --classes shapes --clips 16 --real-out $(DEMO_DATA)/real
+	SVT_PRINT_TABLE=0 $(VENV)/bin/snakemake --cores $(CORES) --configfile config/demo.yaml config/demo-gpu.yaml
+	@$(PY) -m svt.results --results-dir results --experiment demo-gpu
 
 EXPERIMENT ?= demo
 results:          ## print the latest table of $(EXPERIMENT) and where its outputs are; runs nothing

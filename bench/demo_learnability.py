@@ -1,6 +1,6 @@
 """Can the demo model learn a demo data design at all? Check it before running the workflow.
 
-    python bench/demo_learnability.py [--preset config/demo.yaml] [--classes all|N|A,B,...]
+    python bench/demo_learnability.py [--preset config/demo.yaml ...] [--classes all|N|A,B,...]
         [--groups 8] [--clips 2] [--mode random,supervised,ssl] [--steps 300]  # --classes shapes
         [--background textured|flat|by-class] [--set NAME=VALUE ...] [--cfg KEY=VALUE ...]
         [--seeds 0,1,2] [--curve-every 250] [--device cpu|cuda|auto]
@@ -35,7 +35,6 @@ class (a sanity check: every mode should then reach 100%). ``--set`` overrides a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 import time
@@ -56,6 +55,7 @@ from svt import eval_views as evv, probe as probe_mod  # noqa: E402
 from svt.loss import (SVTLoss, apply_schedules, cancel_last_layer_gradients,  # noqa: E402
                       clip_gradients, optim_schedules, param_groups, update_teacher)
 from svt.pretrain import build_nets  # noqa: E402
+from svt.supervised import Classifier, first_global_view  # noqa: E402
 from svt.views import SVTAugment, SVTClipSampler, ViewConfig  # noqa: E402
 
 FPS = 25.0
@@ -164,9 +164,9 @@ def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50, devic
     device = torch.device(device)
     torch.manual_seed(oc["seed"])
     student, teacher = build_nets(cfg, device)
-    view_cfg = ViewConfig.from_config(cfg["views"], cfg["augment"])
-    if mode == "supervised":  # it trains on the first global view only: make no others
-        view_cfg = dataclasses.replace(view_cfg, global_views=view_cfg.global_views[:1], local_views=())
+    # the supervised bound trains on the first global view only, as svt.supervised does
+    view_cfg = first_global_view(cfg) if mode == "supervised" else \
+        ViewConfig.from_config(cfg["views"], cfg["augment"])
     sampler, augment = SVTClipSampler(view_cfg), SVTAugment(view_cfg)
     n_global = len(cfg["views"]["global_frames"])
     bs = oc["batch_size_per_gpu"]
@@ -176,8 +176,8 @@ def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50, devic
     lr_s, wd_s, mom_s = optim_schedules(oc, epochs, iters)
     loss_fn = SVTLoss.from_config(cfg["loss"], n_global, len(view_cfg.views), oc["epochs"]) \
         if mode == "ssl" else None
-    head = torch.nn.Linear(student.backbone.embed_dim, n_classes).to(device)  # supervised only
-    params = student if mode == "ssl" else torch.nn.ModuleList([student.backbone, head])
+    classifier = Classifier(student.backbone, n_classes).to(device)  # supervised only
+    params = student if mode == "ssl" else classifier
     optimizer = torch.optim.AdamW(param_groups(params, oc["decay_embeddings"]))
     rng, gen = np.random.default_rng(oc["seed"]), torch.Generator().manual_seed(oc["seed"])
     t0, step, losses, hits = time.time(), 0, [], []
@@ -196,7 +196,7 @@ def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50, devic
                 extra = f"teacher entropy {stats['teacher_entropy']:.2f}"
             else:
                 student.train()
-                logits = head(student.backbone(views[0]))
+                logits = classifier(views[0])
                 y = labels[batch].to(device)
                 loss = F.cross_entropy(logits, y)
                 hits.append((logits.argmax(1) == y).float().mean().item())
@@ -224,7 +224,9 @@ def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50, devic
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "config.yaml"))
-    p.add_argument("--preset", default=str(ROOT / "config/demo.yaml"))
+    p.add_argument("--preset", action="append", default=None,
+                   help="config presets over config.yaml, in order (default config/demo.yaml); e.g. "
+                        "--preset config/demo.yaml --preset config/demo-gpu.yaml")
     p.add_argument("--classes", default="all",
                    help="all (the motion classes), shapes (the shape family), the first N, or names A,B,...")
     p.add_argument("--groups", type=int, default=8)
@@ -246,7 +248,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
 
-    cfg = load_config(a.config, [a.preset])
+    cfg = load_config(a.config, a.preset or [str(ROOT / "config/demo.yaml")])
     for item in a.cfg:
         set_key(cfg, *item.split("=", 1))
     for item in a.set:

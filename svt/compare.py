@@ -27,16 +27,17 @@ from pathlib import Path
 
 from svt import tracking
 from svt.config import parse_named
-from svt.metrics import eval_metrics, ordered, pct
+from svt.metrics import accuracy_cells, accuracy_head, accuracy_settings, eval_metrics
 
 
-def pretrain_summary(folder: Path, devices: int) -> dict[str, float | None]:
-    """Loss at the last logged step and device-hours, from the run's metrics.csv (empty
-    when the variant evaluated an imported backbone)."""
-    path = Path(folder) / "metrics.csv"
-    if not path.is_file():
+def pretrain_summary(folder: Path | str | None, devices: int) -> dict[str, float | None]:
+    """Loss at the last logged step and device-hours, from the run's metrics.csv (None
+    for both when the variant evaluated an imported backbone: no folder or no metrics.csv)."""
+    path = Path(folder) / "metrics.csv" if folder else None
+    if path is None or not path.is_file():
         return {"loss": None, "device_hours": None}
-    rows = list(csv.DictReader(open(path, newline="")))
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
     seconds, previous = 0.0, 0
     for r in rows:
         step = int(r["step"])
@@ -49,25 +50,17 @@ def pretrain_summary(folder: Path, devices: int) -> dict[str, float | None]:
 def format_sweep(variants: dict[str, dict]) -> str:
     """The markdown table of ``variants`` (name -> {"metrics": {dataset: metrics dict},
     "loss": float, "device_hours": float})."""
-    settings: list[str] = []
-    for v in variants.values():
-        for m in v["metrics"].values():
-            settings += [s for s in m if s not in settings]
-    settings = ordered(settings)
+    settings = accuracy_settings([m for v in variants.values() for m in v["metrics"].values()])
     several = len({d for v in variants.values() for d in v["metrics"]}) > 1
-    head = ["variant"] + (["dataset"] if several else []) + [
-        f"{s.replace('_', '-')} {kind}" for s in settings for kind in ("linear", "kNN")] + [
+    head = ["variant"] + (["dataset"] if several else []) + accuracy_head(settings) + [
         "final loss", "device-h"]
     lines = ["| " + " | ".join(head) + " |",
              "|---" + ("|---" if several else "") + "|---:" * (len(head) - 1 - several) + "|"]
     for name, v in variants.items():
         for dataset, m in v["metrics"].items():
-            cells = [name] + ([dataset] if several else [])
-            for s in settings:
-                r = m.get(s, {})
-                cells += [pct(r.get("linear", {}).get("top1")), pct(r.get("knn", {}).get("top1"))]
-            cells += ["-" if v["loss"] is None else f"{v['loss']:.3f}",
-                      "-" if v["device_hours"] is None else f"{v['device_hours']:.3g}"]
+            cells = [name] + ([dataset] if several else []) + accuracy_cells(m, settings) + [
+                "-" if v["loss"] is None else f"{v['loss']:.3f}",
+                "-" if v["device_hours"] is None else f"{v['device_hours']:.3g}"]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n(top-1 accuracy, %; loss at the last logged step; device-hours of pretraining)"
 
@@ -112,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, path in parse_named(a.variant, "--variant").items():
             spec = json.loads(Path(path).read_text()) if not path.lstrip().startswith("{") else json.loads(path)
             metrics = {d: json.loads(Path(p).read_text()) for d, p in spec["metrics"].items()}
-            summary = pretrain_summary(Path(spec["pretrain"]), a.devices) if spec.get("pretrain") else \
-                {"loss": None, "device_hours": None}
+            summary = pretrain_summary(spec.get("pretrain"), a.devices)
             variants[name] = {"overrides": spec.get("overrides", {}), "metrics": metrics, **summary}
     except (OSError, ValueError, KeyError) as err:
         print(f"svt.compare: {err}", file=sys.stderr)

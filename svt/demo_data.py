@@ -1,10 +1,15 @@
 """Demo data: a small synthetic action dataset in the UCF101 layout, plus a few real clips.
 
-The synthetic classes are *motions*: a textured object on a textured background moves left,
-right, up, down, rotates, grows, shrinks or oscillates. Shape, texture, colours, background,
-position and the exact speed are drawn from the same distributions for every class, so a
-model can only tell the classes apart by looking at how things move over time -- the thing a
-video transformer should learn and an image model cannot.
+Two families of synthetic classes:
+
+* *motions* (``CLASSES``, config/demo-motion.yaml): a textured object on a textured
+  background moves left, right, up, down, rotates, grows, shrinks or oscillates. Shape,
+  texture, colours, background, position and the exact speed are drawn from the same
+  distributions for every class, so a model can only tell the classes apart by how things
+  move over time -- the thing a video transformer should learn and an image model cannot
+  (and, at demo scale, does not: README "The demo result").
+* *shapes* (``SHAPE_CLASSES``, ``--classes shapes``, the demo): the label fixes a silhouette's
+  outline; its colours, size, position, orientation and motion are random.
 
 Layout written by ``generate`` (the same as UCF101, so the 'ucf101' adapter reads it)::
 
@@ -395,16 +400,20 @@ def write_video(path, frames: np.ndarray, fps: float, codec: str = "mpeg4", *,
 
 
 def _select_classes(classes) -> list[str]:
+    """None: every motion class; N: the first N of them; "shapes": the shape family; or
+    names of either family (in the canonical order)."""
     if classes is None:
         return list(CLASSES)
+    if classes == "shapes":
+        return list(SHAPE_CLASSES)
     if isinstance(classes, int):
         if not 1 <= classes <= len(CLASSES):
             raise ValueError(f"--classes must be between 1 and {len(CLASSES)}, got {classes}")
         return CLASSES[:classes]
-    unknown = [c for c in classes if c not in CLASSES]
+    unknown = [c for c in classes if c not in ALL_CLASSES]
     if unknown:
-        raise ValueError(f"unknown classes {unknown}; known: {', '.join(CLASSES)}")
-    return [c for c in CLASSES if c in classes]  # keep the canonical order
+        raise ValueError(f"unknown classes {unknown}; known: {', '.join(ALL_CLASSES)}")
+    return [c for c in ALL_CLASSES if c in classes]  # keep the canonical order
 
 
 def held_out_groups(groups: int, fold: int) -> set[int]:
@@ -463,7 +472,8 @@ def generate(out_dir, seed: int = 0, classes=None, groups: int = 8, clips: int =
              progress: bool = True) -> Path:
     """Write the synthetic dataset to ``out_dir`` (see the module docstring) and return its path.
 
-    ``classes`` is None (all), a count (the first N of CLASSES) or a list of names. Each video
+    ``classes`` is None (all motions), a count (the first N of CLASSES), "shapes" (SHAPE_CLASSES)
+    or a list of names of either family. Each video
     has its own random stream seeded by (seed, class, group, clip), so a video's content does
     not depend on which other classes are generated or on ``jobs``.
 
@@ -496,7 +506,8 @@ def generate(out_dir, seed: int = 0, classes=None, groups: int = 8, clips: int =
 
         def make(job):
             c, g, k = job
-            rng = np.random.default_rng([seed, CLASSES.index(c), g, k])
+            # ALL_CLASSES starts with CLASSES: the motion videos keep their streams
+            rng = np.random.default_rng([seed, ALL_CLASSES.index(c), g, k])
             clip = render_clip(c, rng, frames, size)
             # One encoder thread per video: the pool already keeps every core busy.
             write_video(tmp / "videos" / c / _video_name(c, g, k), clip, fps, threads=1)
@@ -570,6 +581,12 @@ def copy_real_clips(out_dir) -> list[Path]:
 # --------------------------------------------------------------------------------------------
 
 
+def _parse_classes(text: str):
+    if text.isdigit():
+        return int(text)
+    return text if text == "shapes" else [c.strip() for c in text.split(",") if c.strip()]
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(x) for x in text.lower().split("x"))
@@ -585,7 +602,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the synthetic UCF101-style dataset here")
     p.add_argument("--real-out", type=Path, help="copy real camera clips here (<dir>/<label>/<file>)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--classes", type=int, default=None, help=f"first N classes (default all {len(CLASSES)})")
+    p.add_argument("--classes", type=_parse_classes, default=None,
+                   help=f"N (the first N motion classes; default all {len(CLASSES)}), 'shapes' (the "
+                        "shape family) or class names A,B,...")
     p.add_argument("--groups", type=int, default=8, help="groups per class, like UCF101's g01.. (default 8)")
     p.add_argument("--clips", type=int, default=2, help="clips per group (default 2)")
     p.add_argument("--frames", type=int, default=48, help="frames per video (default 48)")

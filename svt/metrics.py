@@ -59,3 +59,28 @@ def ordered(settings) -> list[str]:
 def pct(v) -> str:
     """A fraction as the tables print it: 0.425 -> "42.5"; missing -> "-"."""
     return "-" if v is None else f"{100 * v:.1f}"
+
+
+# The comparison tables (svt.table, svt.compare): one row per metrics.json, one linear and
+# one kNN top-1 column per view setting.
+
+def accuracy_settings(metrics: Sequence[Mapping]) -> list[str]:
+    """Every setting found in these metrics.json dicts, in column order."""
+    settings: list[str] = []
+    for m in metrics:
+        settings += [s for s in m if s not in settings]
+    return ordered(settings)
+
+
+def accuracy_head(settings: Sequence[str]) -> list[str]:
+    """Column titles: "slow linear", "slow kNN", ..., "slow-fast kNN"."""
+    return [f"{s.replace('_', '-')} {kind}" for s in settings for kind in ("linear", "kNN")]
+
+
+def accuracy_cells(metrics: Mapping, settings: Sequence[str]) -> list[str]:
+    """One row's top-1 cells under :func:`accuracy_head` ("-" where a probe is missing)."""
+    cells = []
+    for s in settings:
+        r = metrics.get(s, {})
+        cells += [pct(r.get("linear", {}).get("top1")), pct(r.get("knn", {}).get("top1"))]
+    return cells

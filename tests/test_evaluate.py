@@ -510,6 +510,50 @@ def test_comparison_table(tmp_path):
     assert (tmp_path / "t" / "table.md").read_text().strip() == res.stdout.strip()
 
 
+def _metrics(slow, fast, slow_fast):
+    """metrics.json of a probe: top-1 fractions, (linear, kNN) per setting."""
+    return {s: {"linear": {"top1": lin, "top5": 1.0}, "knn": {"top1": knn, "top5": 1.0}}
+            for s, (lin, knn) in (("slow", slow), ("fast", fast), ("slow_fast", slow_fast))}
+
+
+def test_verdict_says_whether_pretraining_clears_ten_points_in_slow_and_slow_fast():
+    random = _metrics((0.40, 0.35), (0.30, 0.30), (0.40, 0.35))
+    bound = _metrics((0.85, 0.80), (0.50, 0.45), (0.75, 0.75))
+    clear = _metrics((0.50, 0.45), (0.20, 0.20), (0.55, 0.46))  # fast falls: not judged
+    (line,) = table_mod.verdicts({"pretrained-demo": clear, "random-demo": random})
+    assert line == ("pretrained vs random init on demo, top-1 points (linear/kNN): slow +10.0/+10.0, "
+                    "fast -10.0/-10.0, slow-fast +15.0/+11.0: beats random init by 10 points in the "
+                    "slow and slow-fast columns")
+    short = _metrics((0.50, 0.449), (0.9, 0.9), (0.9, 0.9))  # one cell 9.9 points
+    rows = {"pretrained-demo": short, "random-demo": random, "supervised-demo": bound}
+    (line,) = table_mod.verdicts(rows)
+    assert ": does not beat random init by 10 points" in line
+    assert line.endswith("; trained with labels (the bound): slow +45.0/+45.0, fast +20.0/+15.0, "
+                         "slow-fast +35.0/+40.0")
+    # no random row (or only a bound): nothing to judge; imported weights are judged too
+    assert table_mod.verdicts({"pretrained-demo": clear}) == []
+    assert table_mod.verdicts({"random-demo": random, "supervised-demo": bound}) == []
+    (line,) = table_mod.verdicts({"imported-ucf": clear, "random-ucf": random})
+    assert line.startswith("imported vs random init on ucf,")
+    # a missing probe never counts as clearing the bar
+    no_knn = {s: {"linear": r["linear"]} for s, r in clear.items()}
+    assert "does not beat" in table_mod.verdicts({"pretrained-d": no_knn, "random-d": random})[0]
+
+
+def test_table_command_prints_the_verdict_and_the_note(tmp_path):
+    for name, m in (("r", _metrics((0.4, 0.4), (0.4, 0.4), (0.4, 0.4))),
+                    ("p", _metrics((0.6, 0.6), (0.4, 0.4), (0.6, 0.6)))):
+        (tmp_path / f"{name}.json").write_text(json.dumps(m))
+    res = subprocess.run([sys.executable, "-m", "svt.table", "--row", f"pretrained-demo={tmp_path / 'p.json'}",
+                          "--row", f"random-demo={tmp_path / 'r.json'}", "--note", "GPU figures: README",
+                          "--out", str(tmp_path / "table.md")], capture_output=True, text=True, check=True)
+    blocks = res.stdout.strip().split("\n\n")
+    assert blocks[0].startswith("| backbone |") and blocks[1] == "(top-1 accuracy, %)"
+    assert blocks[2].startswith("pretrained vs random init on demo,") and "beats random init" in blocks[2]
+    assert blocks[3] == "GPU figures: README"
+    assert (tmp_path / "table.md").read_text().strip() == res.stdout.strip()
+
+
 # ------------------------------------------------------------------------ end to end
 
 @needs_ffmpeg

@@ -157,8 +157,8 @@ def test_code_edits_are_detected_and_listed(local_run, tmp_path):
 
     rules = checkout / "workflow" / "rules" / "evaluate.smk"
     text = rules.read_text()
-    assert "{params.rows} --out {output:q}" in text  # the eval_table command
-    rules.write_text(text.replace("{params.rows} --out {output:q}", "{params.rows}  --out {output:q}"))
+    assert "--note {params.note} --out {output:q}" in text  # the eval_table command
+    rules.write_text(text.replace("--note {params.note} --out {output:q}", "--note {params.note}  --out {output:q}"))
     res = snakemake(wd, "-s", str(snakefile), "--list-changes", "code", "--configfile", str(wd / "tiny.yaml"))
     listed = [line for line in res.stdout.splitlines() if line.startswith("results/")]
     assert len(listed) == 1 and listed[0].endswith("/table.md"), res.stdout
@@ -192,6 +192,45 @@ def test_two_experiments_share_the_stage_outputs(local_run):
     plan = dry(wd, lr)
     assert plan.get("pretrain") == 1 and plan.get("probe") == 1, plan  # the random baseline stays
     assert not {"index", "decode_shard", "decode_report", "manifest", "curate"} & set(plan), plan
+
+
+def test_supervised_bound_is_trained_evaluated_and_judged_beside_the_others(local_run, tmp_path):
+    """evaluate.supervised_bound adds one backbone, trained with the evaluation dataset's
+    labels, beside the pretrained and random ones: only its own jobs run, its row and the
+    verdict line are in the table, and it reruns with its recipe, not with a probe setting."""
+    wd0, cfg, *_ = local_run
+    wd = tmp_path / "wd"
+    shutil.copytree(wd0, wd, symlinks=True)  # the reference run's folder stays as it is
+    bound = copy.deepcopy(cfg)
+    bound["evaluate"].update(supervised_bound=True, table_note="see the README for the GPU figures")
+    path = write(wd, bound, "bound.yaml")
+    res = snakemake(wd, "--configfile", str(path))
+    assert job_stats(res) == {"supervised": 1, "adapt": 1, "features": 4, "probe": 1, "eval_table": 1,
+                              "experiment": 1, "all": 1}
+    out = wd / "results"
+    (folder,) = out.glob("evaluate/supervised-*")
+    assert (folder / "backbone.pth").is_file() and (folder / "curves.png").is_file()
+    assert len(list(folder.glob("demo-*/*.pt"))) == 4
+    table = (out / "experiments" / "t" / "table.md").read_text()
+    assert "| supervised-demo |" in table and "| pretrained-demo |" in table and "| random-demo |" in table
+    (verdict,) = [line for line in table.splitlines() if line.startswith("pretrained vs random init on demo")]
+    assert "; trained with labels (the bound): slow " in verdict
+    assert table.rstrip().endswith("see the README for the GPU figures")
+    printed = res.stdout + res.stderr
+    assert verdict in printed and "| supervised-demo |" in printed
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("t")
+    runs = client.search_runs([exp.experiment_id], "tags.`svt.stage` = 'supervised'")
+    assert len(runs) == 1 and "train/loss" in runs[0].data.metrics
+    # its recipe reruns it (and what follows); a probe setting only probes it again
+    lr = copy.deepcopy(bound)
+    lr["optim"]["lr"] = 2 * cfg["optim"].get("lr", 5e-4)
+    assert dry(wd, lr)["supervised"] == 1
+    probe = copy.deepcopy(bound)
+    probe["evaluate"]["probe_lr"] = 0.01
+    assert dry(wd, probe) == {"probe": 3, "eval_table": 1, "experiment": 1, "all": 1}
 
 
 # ---- sweeps ---------------------------------------------------------------------------------

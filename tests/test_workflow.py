@@ -126,20 +126,22 @@ def test_bad_config_stops_before_any_job(demo, tmp_path, case):
 
 
 def test_lint_is_clean(tmp_path):
-    """Snakemake's linter finds nothing, except one deliberate choice: pretrain reads its
-    runtime keys (workers, logging, nodes) from config in the shell command, not from params,
-    because a params change would restart a finished multi-day pretraining
+    """Snakemake's linter finds nothing, except one deliberate choice: pretrain and the
+    supervised bound read their runtime keys (workers, logging, nodes) from config in the shell
+    command, not from params, because a params change would restart a finished training
     (tests/test_runs.py::test_runtime_keys_do_not_rerun_pretraining)."""
     res = snakemake(tmp_path, "--lint", check=False)
     out = res.stdout + res.stderr
     if "Congratulations, your workflow is in a good condition!" in out:
         return
-    groups = re.findall(r"^Lints for (.+?):\n((?:\s+.*\n?)*)", out, re.M)
-    assert groups, out
+    # a group's body: its indented lines and blank lines, up to the next "Lints for"
+    groups = re.findall(r"^Lints for (.+?):\n((?:(?:[ \t]+.*)?\n)*)", out, re.M)
+    assert groups and len(groups) == out.count("Lints for "), out
     for where, body in groups:
         titles = set(re.findall(r"^\s+\* (.+?):?$", body, re.M))
-        assert where.startswith("rule pretrain ") and titles == {
+        assert where.split(" (")[0] in ("rule pretrain", "rule supervised") and titles == {
             "Shell command directly uses variable config from outside of the rule"}, (where, titles)
+    assert {w.split(" (")[0] for w, _ in groups} == {"rule pretrain", "rule supervised"}, groups
 
 
 def test_slurm_profile_dry_run_without_slurm(demo, tmp_path):

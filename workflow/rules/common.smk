@@ -411,21 +411,26 @@ PROBE_KEYS = ("probe_epochs", "probe_lr", "probe_batch_size", "probe_momentum", 
 
 
 def backbone_kinds(cfg: dict | None = None) -> list[str]:
-    """What gets evaluated side by side: the pretrained (or imported) backbone and, as the
-    baseline, the same architecture with random weights."""
+    """What gets evaluated side by side: the pretrained (or imported) backbone, as the baseline
+    the same architecture with random weights and, as the upper bound, trained with labels."""
     ev = (cfg or config)["evaluate"]
-    main = "imported" if ev["backbone"] else "pretrained"
-    return [main, "random"] if ev["random_baseline"] else [main]
+    kinds = ["imported" if ev["backbone"] else "pretrained"]
+    kinds += ["random"] if ev["random_baseline"] else []
+    return kinds + (["supervised"] if ev["supervised_bound"] else [])
 
 
 FEATURE_KEYS = ("slow_frames", "slow_size", "fast_frames", "fast_size", "clips", "crops")
-BACKBONE_KINDS = ("pretrained", "imported", "random")
+BACKBONE_KINDS = ("pretrained", "imported", "random", "supervised")
+# what the supervised bound's weights depend on besides its dataset: pretraining's init,
+# architecture, views and optimiser (svt.supervised)
+SUPERVISED_SECTIONS = ("model", "views", "augment", "optim")
 
 
-def backbone_hash(kind: str, cfg: dict | None = None) -> str:
+def backbone_hash(kind: str, cfg: dict | None = None, dataset: str | None = None) -> str:
     """What one backbone's adapted weights and cached features depend on. Each backbone has its
     own folder, so a new pretraining re-extracts only its own features, never the random
-    baseline's (which depends on the architecture, the seed and the views alone)."""
+    baseline's (which depends on the architecture, the seed and the views alone). The
+    supervised bound is trained on one evaluation dataset's labels: one per ``dataset``."""
     cfg = cfg or config
     model = {k: v for k, v in cfg["model"].items() if k != "init"}
     views = {k: cfg["evaluate"][k] for k in FEATURE_KEYS}
@@ -435,20 +440,38 @@ def backbone_hash(kind: str, cfg: dict | None = None) -> str:
         source = {"backbone": cfg["evaluate"]["backbone"], "model": model}
     elif kind == "random":
         source = {"model": model, "seed": cfg["optim"]["seed"]}
+    elif kind == "supervised":
+        source = {"train": {k: cfg[k] for k in SUPERVISED_SECTIONS},
+                  "dataset": dataset, "data": data_hash(dataset)}
     else:
         raise ValueError(f"unknown backbone kind {kind!r}; known: {', '.join(BACKBONE_KINDS)}")
     return stage_hash({"kind": kind, **source, "views": views})
 
 
-def backbone_dir(kind: str, cfg: dict | None = None) -> str:
-    return f"{RESULTS}/evaluate/{kind}-{backbone_hash(kind, cfg)}"
+def backbone_dir(kind: str, cfg: dict | None = None, dataset: str | None = None) -> str:
+    return f"{RESULTS}/evaluate/{kind}-{backbone_hash(kind, cfg, dataset)}"
+
+
+def backbone_datasets(kind: str) -> list:
+    """The datasets a backbone's hash names: only the supervised bound has one."""
+    return list(config["data"]["evaluate"]) if kind == "supervised" else [None]
+
+
+def backbone_source(kind: str, khash: str) -> tuple[dict, str | None]:
+    """The config (a sweep variant's or the experiment's) and, for the supervised bound, the
+    dataset behind an evaluation folder; refuses folders no variant of this config would make."""
+    for dataset in backbone_datasets(kind):
+        try:
+            cfg = find_variant(lambda cfg: backbone_hash(kind, cfg, dataset) == khash, "")
+        except ValueError:
+            continue
+        return cfg, dataset
+    raise ValueError(f"{RESULTS}/evaluate/{kind}-{khash} belongs to another config "
+                     "(no variant of this one makes it)")
 
 
 def variant_of_backbone(wildcards) -> dict:
-    """The config behind an evaluation path (a sweep variant's or the experiment's), refusing
-    folders no variant of this config would make."""
-    return find_variant(lambda cfg: backbone_hash(wildcards.kind, cfg) == wildcards.khash,
-                        f"{RESULTS}/evaluate/{wildcards.kind}-{wildcards.khash}")
+    return backbone_source(wildcards.kind, wildcards.khash)[0]
 
 
 def checked_backbone(wildcards) -> str:
@@ -457,7 +480,7 @@ def checked_backbone(wildcards) -> str:
 
 
 def features_dir(kind: str, dataset: str, cfg: dict | None = None) -> str:
-    return f"{backbone_dir(kind, cfg)}/{dataset}-{data_hash(dataset)}"
+    return f"{backbone_dir(kind, cfg, dataset)}/{dataset}-{data_hash(dataset)}"
 
 
 def probe_hash(cfg: dict | None = None) -> str:
@@ -465,14 +488,16 @@ def probe_hash(cfg: dict | None = None) -> str:
 
 
 def variant_of_probe(wildcards) -> dict:
-    return find_variant(lambda cfg: backbone_hash(wildcards.kind, cfg) == wildcards.khash
+    dataset = wildcards.dataset if wildcards.kind == "supervised" else None
+    return find_variant(lambda cfg: backbone_hash(wildcards.kind, cfg, dataset) == wildcards.khash
                         and probe_hash(cfg) == wildcards.phash,
                         f"{RESULTS}/evaluate/{wildcards.kind}-{wildcards.khash}/.../probe-{wildcards.phash}")
 
 
 def table_hash(cfg: dict | None = None) -> str:
     """The final table depends on every evaluated backbone and dataset."""
-    return stage_hash({"backbones": {k: backbone_hash(k, cfg) for k in backbone_kinds(cfg)},
+    return stage_hash({"backbones": {k if d is None else f"{k}-{d}": backbone_hash(k, cfg, d)
+                                     for k in backbone_kinds(cfg) for d in backbone_datasets(k)},
                        "data": {d: data_hash(d) for d in config["data"]["evaluate"]}})
 
 
@@ -493,7 +518,23 @@ def adapt_inputs(wildcards) -> dict:
         return {"backbone": f"{pretrain_dir(cfg)}/teacher_backbone.pth"}
     if kind == "imported":
         return {"backbone": cfg["evaluate"]["backbone"]}
+    if kind == "supervised":
+        return {"backbone": f"{RESULTS}/evaluate/supervised-{wildcards.khash}/backbone.pth"}
     return {}
+
+
+def supervised_inputs(wildcards) -> dict:
+    """The bound's training data: its evaluation dataset's train manifest and classes."""
+    _, dataset = backbone_source("supervised", wildcards.khash)
+    return {"manifest": f"{data_dir(dataset)}/manifest/train.csv",
+            "classes": f"{data_dir(dataset)}/classes.txt"}
+
+
+def supervised_config_json(wildcards) -> str:
+    """The recipe for svt.supervised (the variant's); runtime keys come from {config[pretrain]}
+    in the command, so changing them reruns nothing."""
+    cfg, _ = backbone_source("supervised", wildcards.khash)
+    return json.dumps({k: cfg[k] for k in SUPERVISED_SECTIONS}, sort_keys=True)
 
 
 def adapt_args(wildcards, input) -> str:
@@ -603,7 +644,8 @@ def run_outputs(cfg: dict, existing_only: bool = True) -> dict:
     out = {"data": [data_dir(name) for name in used_datasets()],
            "curate": [curate_dir()] if config["curate"]["enabled"] else [],
            "pretrain": [str(Path(p).parent) for p in pretrain_outputs(cfg=cfg)],
-           "evaluate": [backbone_dir(kind, cfg) for kind in backbone_kinds(cfg)],
+           "evaluate": [backbone_dir(kind, cfg, d) for kind in backbone_kinds(cfg)
+                        for d in backbone_datasets(kind)],
            "table": evaluate_outputs(cfg=cfg),
            "logs": [LOGS]}
     return {k: [p for p in v if not existing_only or Path(p).exists()] for k, v in out.items()}

@@ -18,6 +18,39 @@ wildcard_constraints:
     thash="[0-9a-f]{10}",
 
 
+rule supervised:
+    """The supervised upper bound: the backbone trained with one evaluation dataset's labels
+    (evaluate.supervised_bound); resumes from checkpoints/ after a kill."""
+    input:
+        unpack(supervised_inputs),
+    output:
+        backbone=f"{RESULTS}/evaluate/supervised-{{khash}}/backbone.pth",
+        curves=report(f"{RESULTS}/evaluate/supervised-{{khash}}/curves.png", category="evaluation",
+                      caption="../report/supervised.rst"),
+    params:
+        recipe=supervised_config_json,  # the variant's, found from {khash}
+        videos=lambda wc, input: Path(input.manifest).parent.parent / "videos",
+        out_dir=lambda wc, output: Path(output.backbone).parent,
+        track=tracking_args("supervised"),
+        code=code_hash("svt.supervised"),
+    threads: config["pretrain"]["num_workers"] + 1
+    resources:
+        **cluster_resources(gpus=1, cpus_per_gpu=config["pretrain"]["num_workers"] + 1),
+        mem_mb=config["cluster"]["pretrain_mem_mb_per_device"],
+        runtime=config["cluster"]["pretrain_runtime"],
+    retries: 3
+    log:
+        f"{LOGS}/evaluate/supervised-{{khash}}/supervised.log",
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "python -m svt.supervised --manifest {input.manifest:q} --videos-root {params.videos:q}"
+        " --classes {input.classes:q} --config-json {params.recipe:q} --out-dir {params.out_dir:q}"
+        " --num-workers {config[pretrain][num_workers]} --precision {config[pretrain][precision]}"
+        " --decoder {config[pretrain][decoder]} --log-every {config[pretrain][log_every]}"
+        " --checkpoint-every {config[pretrain][checkpoint_every]} {params.track} >> {log:q} 2>&1"
+
+
 rule adapt:
     """Prepare a backbone for each evaluation geometry (positional tables resampled)."""
     input:
@@ -115,6 +148,7 @@ rule eval_table:
                caption="../report/table.rst"),
     params:
         rows=lambda wc, input: shlex.join(f"--row={name}={path}" for name, path in input.items()),
+        note=lambda wc: shlex.quote(variant_of_table(wc)["evaluate"]["table_note"]),
         track=tracking_args("eval_table"),
         code=code_hash("svt.table"),
     log:
@@ -122,4 +156,5 @@ rule eval_table:
     conda:
         "../../envs/torch.yaml"
     shell:
-        "python -m svt.table {params.rows} --out {output:q} {params.track} 2>&1 | tee {log:q}"
+        "python -m svt.table {params.rows} --note {params.note} --out {output:q} {params.track}"
+        " 2>&1 | tee {log:q}"
