@@ -61,6 +61,8 @@ def describe(record: dict) -> str:
               "evaluate": "features, probes, confusion matrices", "logs": "per-rule logs"}
     for key, label in labels.items():
         for p in out.get(key, []):
+            if key == "evaluate" and Path(p).name.startswith("supervised-"):
+                label = "supervised bound: backbone, curves, probes"
             lines.append(f"  {label + ':':<52} {p}")
     lines.append(f"  {'MLflow tracking store (make dashboard):':<52} {record['tracking_uri']}")
     return "\n".join(lines)

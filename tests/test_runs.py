@@ -218,6 +218,7 @@ def test_supervised_bound_is_trained_evaluated_and_judged_beside_the_others(loca
     assert table.rstrip().endswith("see the README for the GPU figures")
     printed = res.stdout + res.stderr
     assert verdict in printed and "| supervised-demo |" in printed
+    assert re.search(r"supervised bound: backbone, curves, probes: +results/evaluate/supervised-", printed)
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
