@@ -3,7 +3,7 @@
     python bench/demo_learnability.py [--preset config/demo.yaml ...] [--classes all|N|A,B,...]
         [--groups 8] [--clips 2] [--mode random,supervised,ssl] [--steps 300]  # --classes shapes
         [--background textured|flat|by-class] [--set NAME=VALUE ...] [--cfg KEY=VALUE ...]
-        [--seeds 0,1,2] [--curve-every 250] [--device cpu|cuda|auto]
+        [--seeds 0,1,2] [--curve-every 250] [--device cpu|cuda|auto] [--workers N]
 
 Renders demo videos in memory (``svt.demo_data.render_clip``, resized to the demo decode's
 short side, no encoding), splits them into train/test groups as the dataset's fold 1 does, and
@@ -24,7 +24,7 @@ slow-fast views) for up to three models of the preset's architecture:
 rendered videos stay the same) and prints the mean and standard deviation over the seeds.
 ``--curve-every N`` prints the slow view's linear/kNN test accuracy every N training steps,
 so a budget can be read off the curve. ``--device cuda`` trains and extracts on a GPU (the
-views are still made on the CPU).
+views are still made on the CPU: ``--workers N`` makes them in N processes meanwhile).
 
 ``--background flat`` draws one flat colour per video; ``by-class`` colours the background by
 class (a sanity check: every mode should then reach 100%). ``--set`` overrides a constant of
@@ -56,7 +56,7 @@ from svt.loss import (SVTLoss, apply_schedules, cancel_last_layer_gradients,  # 
                       clip_gradients, optim_schedules, param_groups, update_teacher)
 from svt.pretrain import build_nets  # noqa: E402
 from svt.supervised import Classifier, first_global_view  # noqa: E402
-from svt.views import SVTAugment, SVTClipSampler, ViewConfig  # noqa: E402
+from svt.views import SVTAugment, SVTClipSampler, ViewConfig, sample_generator  # noqa: E402
 
 FPS = 25.0
 
@@ -156,8 +156,53 @@ def view_batch(videos, batch, sampler, augment, rng, generator):
     return [torch.stack(views) for views in zip(*per_sample)]
 
 
+class SampleViews(torch.utils.data.Dataset):
+    """One training video's views from its ``(epoch, index)`` alone (seeded as svt's loader
+    workers seed them), so that worker processes can build them in any order."""
+
+    def __init__(self, videos, sampler, augment, seed: int):
+        self.videos, self.sampler, self.augment, self.seed = videos, sampler, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, key):
+        epoch, j = key
+        v = self.videos[j]
+        rng = np.random.default_rng([self.seed, epoch, j])
+        clips = [v[torch.from_numpy(i)] for i in self.sampler(len(v), FPS, rng)]
+        return self.augment(clips, generator=sample_generator(self.seed, epoch, j))
+
+
+def stack_views(items):
+    return [torch.stack(views) for views in zip(*items)]
+
+
+def batches(videos, train_idx, bs, steps, sampler, augment, seed, workers):
+    """(indices, views) per step. Without workers the views are made here, drawing from one
+    generator in order (the figures of the README were measured so); with workers they are
+    made by ``workers`` processes, seeded per sample, while the GPU trains."""
+    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    iters = len(train_idx) // bs
+    if not workers:
+        while True:
+            order = rng.permutation(train_idx)
+            for i in range(iters):
+                batch = order[i * bs:(i + 1) * bs]
+                yield batch, view_batch(videos, batch, sampler, augment, rng, gen)
+    plan = []
+    for epoch in range(math.ceil(steps / iters)):
+        order = rng.permutation(train_idx)
+        plan += [[(epoch, int(j)) for j in order[i * bs:(i + 1) * bs]] for i in range(iters)]
+    loader = torch.utils.data.DataLoader(SampleViews(videos, sampler, augment, seed),
+                                         batch_sampler=plan[:steps], num_workers=workers,
+                                         collate_fn=stack_views, prefetch_factor=4)
+    for keys, views in zip(plan, loader):
+        yield np.array([j for _, j in keys]), views
+
+
 def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50, device="cpu",
-          curve=None, curve_every=0):
+          curve=None, curve_every=0, workers=0):
     """Train a fresh student for ``steps`` steps; return the backbone to probe. ``curve``
     (backbone -> text) is printed every ``curve_every`` steps: accuracy against steps."""
     oc = cfg["optim"]
@@ -179,45 +224,41 @@ def train(mode, cfg, videos, labels, test, n_classes, steps, log_every=50, devic
     classifier = Classifier(student.backbone, n_classes).to(device)  # supervised only
     params = student if mode == "ssl" else classifier
     optimizer = torch.optim.AdamW(param_groups(params, oc["decay_embeddings"]))
-    rng, gen = np.random.default_rng(oc["seed"]), torch.Generator().manual_seed(oc["seed"])
     t0, step, losses, hits = time.time(), 0, [], []
-    while step < steps:
-        order = rng.permutation(train_idx)
-        for i in range(iters):
-            if step == steps:
-                break
-            batch = order[i * bs:(i + 1) * bs]
-            views = [v.to(device) for v in view_batch(videos, batch, sampler, augment, rng, gen)]
-            apply_schedules(optimizer, float(lr_s[step]), float(wd_s[step]))
-            if mode == "ssl":
-                with torch.no_grad():
-                    t_out = teacher(views[:n_global])
-                loss, stats = loss_fn(student(views), t_out, step / iters)
-                extra = f"teacher entropy {stats['teacher_entropy']:.2f}"
-            else:
-                student.train()
-                logits = classifier(views[0])
-                y = labels[batch].to(device)
-                loss = F.cross_entropy(logits, y)
-                hits.append((logits.argmax(1) == y).float().mean().item())
-                extra = f"train acc {100 * np.mean(hits[-log_every:]):.0f}%"
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_gradients(params, oc["clip_grad"], oc["clip_mode"])
-            if mode == "ssl":
-                cancel_last_layer_gradients(student.head, step / iters, oc["freeze_last_layer"])
-            optimizer.step()
-            if mode == "ssl":
-                update_teacher(student, teacher, float(mom_s[step]))
-            step += 1
-            losses.append(loss.item())
-            if step % log_every == 0:  # means over the interval: one batch of 8 says little
-                print(f"  {mode} step {step}/{steps} loss {np.mean(losses[-log_every:]):.3f} {extra} "
-                      f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
-            if curve is not None and curve_every and step % curve_every == 0:
-                net = teacher.backbone if mode == "ssl" else student.backbone
-                print(f"  {mode} step {step}: {curve(net)} (loss {np.mean(losses[-curve_every:]):.3f},"
-                      f" {time.time() - t0:.0f} s)", flush=True)
+    for batch, views in batches(videos, train_idx, bs, steps, sampler, augment, oc["seed"], workers):
+        views = [v.to(device, non_blocking=True) for v in views]
+        apply_schedules(optimizer, float(lr_s[step]), float(wd_s[step]))
+        if mode == "ssl":
+            with torch.no_grad():
+                t_out = teacher(views[:n_global])
+            loss, stats = loss_fn(student(views), t_out, step / iters)
+            extra = f"teacher entropy {stats['teacher_entropy']:.2f}"
+        else:
+            student.train()
+            logits = classifier(views[0])
+            y = labels[batch].to(device)
+            loss = F.cross_entropy(logits, y)
+            hits.append((logits.argmax(1) == y).float().mean().item())
+            extra = f"train acc {100 * np.mean(hits[-log_every:]):.0f}%"
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_gradients(params, oc["clip_grad"], oc["clip_mode"])
+        if mode == "ssl":
+            cancel_last_layer_gradients(student.head, step / iters, oc["freeze_last_layer"])
+        optimizer.step()
+        if mode == "ssl":
+            update_teacher(student, teacher, float(mom_s[step]))
+        step += 1
+        losses.append(loss.item())
+        if step % log_every == 0:  # means over the interval: one batch of 8 says little
+            print(f"  {mode} step {step}/{steps} loss {np.mean(losses[-log_every:]):.3f} {extra} "
+                  f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+        if curve is not None and curve_every and step % curve_every == 0:
+            net = teacher.backbone if mode == "ssl" else student.backbone
+            print(f"  {mode} step {step}: {curve(net)} (loss {np.mean(losses[-curve_every:]):.3f},"
+                  f" {time.time() - t0:.0f} s)", flush=True)
+        if step == steps:
+            break
     return teacher.backbone if mode == "ssl" else student.backbone
 
 
@@ -245,6 +286,9 @@ def main(argv=None) -> int:
     p.add_argument("--curve-every", type=int, default=0, help="print the slow view's linear/kNN "
                    "test accuracy every N training steps (accuracy against steps)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that build the training views while the model trains (0: in "
+                        "the training process, the README's figures; use most cores on a GPU host)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -289,8 +333,8 @@ def main(argv=None) -> int:
                 backbone = build_nets(cfg, torch.device(device))[1].backbone
                 name = "random init"
             elif mode in ("supervised", "ssl"):
-                backbone = train(mode, cfg, videos, labels, test, len(classes), a.steps,
-                                 device=device, curve=slow_only, curve_every=a.curve_every)
+                backbone = train(mode, cfg, videos, labels, test, len(classes), a.steps, device=device,
+                                 curve=slow_only, curve_every=a.curve_every, workers=a.workers)
                 name = f"{mode} {a.steps} steps"
             else:
                 raise SystemExit(f"--mode {mode}: expected random, supervised or ssl")

@@ -131,3 +131,19 @@ def test_two_gpu_nccl_ddp_matches_one_gpu(data, tmp_path):
     la = [float(r["loss"]) for r in metrics(tmp_path / "one")]
     lb = [float(r["loss"]) for r in metrics(tmp_path / "two")]
     assert lb == pytest.approx(la, rel=1e-4)
+
+
+def test_supervised_bound_trains_on_the_gpu_and_fits_the_colour_task(tmp_path):
+    """svt.supervised on CUDA (bf16 autocast, fused AdamW, pinned batches): the colour task of
+    tests/test_supervised.py is fitted as on the CPU, and the backbone it exports loads."""
+    from test_supervised import RECIPE, make_colour_data, rows
+    from test_supervised import command as supervised_command
+
+    out = tmp_path / "bound"
+    res = run_gpu(supervised_command(make_colour_data(tmp_path / "data"), out, RECIPE))
+    assert "on cuda" in res.stderr, res.stderr[-2000:]
+    log = rows(out)
+    assert float(log[-1]["train_accuracy"]) == 100.0
+    assert float(log[-1]["loss"]) < 0.1 * float(log[0]["loss"]), [r["loss"] for r in log]
+    state = ckpt.load(out / "backbone.pth")["state_dict"]
+    assert all(v.device.type == "cpu" and torch.isfinite(v).all() for v in state.values())

@@ -32,8 +32,11 @@ RECIPE["pretrain"].update({"checkpoint_every": 2, "log_every": 2})
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
+    return make_colour_data(tmp_path_factory.mktemp("sup"))
+
+
+def make_colour_data(root: Path) -> Path:
     """8 videos per class, folder layout, decoded as the data stage does; all in train."""
-    root = tmp_path_factory.mktemp("sup")
     for name, colour in COLOURS.items():
         (root / "raw" / name).mkdir(parents=True)
         for i in range(8):
