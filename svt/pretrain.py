@@ -261,8 +261,15 @@ def knn_monitor(backbone: nn.Module, args: argparse.Namespace, cfg: dict,
     return {"knn_top1": percent(acc["top1"]), "knn_top5": percent(acc["top5"])}  # in %
 
 
-def write_curves(metrics_csv: Path, out_png: Path) -> None:
-    """Loss and schedule curves from metrics.csv (people would rather look than read)."""
+# The panels of curves.png: the metrics.csv columns drawn together, and the panel's title.
+CURVE_PANELS = ((("loss",), "SVT loss"), (("lr",), "learning rate"),
+                (("teacher_entropy",), "teacher entropy (collapse: -> 0 or -> ln K)"),
+                (("momentum", "wd"), "teacher momentum / weight decay"))
+
+
+def write_curves(metrics_csv: Path, out_png: Path, panels=CURVE_PANELS) -> None:
+    """Curves against steps from metrics.csv, one panel per (columns, title) of ``panels``
+    (people would rather look than read)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -273,10 +280,8 @@ def write_curves(metrics_csv: Path, out_png: Path) -> None:
     if not rows:
         return
     step = [int(r["step"]) for r in rows]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
-    for ax, keys, title in zip(axes, (["loss"], ["lr"], ["teacher_entropy"], ["momentum", "wd"]),
-                               ("SVT loss", "learning rate", "teacher entropy (collapse: -> 0 or -> ln K)",
-                                "teacher momentum / weight decay")):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (keys, title) in zip(axes, panels):
         for k in keys:
             ax.plot(step, [float(r[k]) for r in rows], label=k)
         ax.set_title(title)

@@ -39,7 +39,7 @@ from svt.loader import BACKENDS, VideoDataset, cpu_backend, loader_workers
 from svt.loss import apply_schedules, clip_gradients, optim_schedules
 from svt.model import build_model, file_sha256, load_pretrained, pretrained_cfg
 from svt.pretrain import (EXIT_PREEMPTED, EpochSampler, StopFlag, inputs_fingerprint,
-                          make_optimizer, precision_context)
+                          make_optimizer, precision_context, write_curves)
 from svt.views import AugmentCollate, SVTAugment, SVTClipSampler, ViewConfig
 
 METRIC_FIELDS = ["step", "epoch", "loss", "train_accuracy", "lr", "wd", "grad_norm", "step_time",
@@ -71,28 +71,8 @@ def read_classes(path: Path) -> list[str]:
     return names
 
 
-def write_curves(metrics_csv: Path, out_png: Path) -> None:
-    """Training loss and accuracy against steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(metrics_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    step = [int(r["step"]) for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for ax, key, title in zip(axes, ("loss", "train_accuracy", "lr"),
-                              ("cross-entropy (ln classes at chance)", "training accuracy, %",
-                               "learning rate")):
-        ax.plot(step, [float(r[key]) for r in rows])
-        ax.set_title(title)
-        ax.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+CURVE_PANELS = ((("loss",), "cross-entropy (ln classes at chance)"),
+                (("train_accuracy",), "training accuracy, %"), (("lr",), "learning rate"))
 
 
 # runtime settings (svt.pretrain's keys): the --options, else the JSON's pretrain section
@@ -252,7 +232,7 @@ def train(a: argparse.Namespace) -> int:
                       "pretrained_cfg": pretrained_cfg(model.backbone, cfg["augment"]["mean"],
                                                        cfg["augment"]["std"]),
                       "step": step, "mlflow_run_id": run_id}, out)
-    write_curves(metrics_csv, out_dir / "curves.png")
+    write_curves(metrics_csv, out_dir / "curves.png", CURVE_PANELS)
     for name in ("config.yaml", "curves.png", "metrics.csv"):
         tracker.log_artifact(out_dir / name)
     tracker.set_tags({"svt.backbone": str(out.resolve()), "svt.backbone_sha256": file_sha256(out)})
