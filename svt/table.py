@@ -3,11 +3,11 @@
     python -m svt.table --row random=R/metrics.json --row pretrained=P/metrics.json --out T.md
 
 Rows are backbones (their probes' metrics.json), columns the slow, fast and slow-fast views
-with linear and kNN top-1 in %. Under the table, one verdict line per dataset: the pretrained
-backbone's gain over random init, and the supervised bound's when it was evaluated. Prints the
-table and writes it to ``--out``; with
-``--tracking-uri`` its metrics (``eval/<row>/<setting>/<probe>_<top1|top5>``) and the table go
-to the workflow's parent run (svt.tracking.PARENT_ENV) or ``--run-id``.
+with linear and kNN top-1 in %. Under the table, one verdict line per dataset (the pretrained
+backbone's gain over random init, and the supervised bound's when it was evaluated), then
+``--note``. Prints all of it and writes it to ``--out``; with ``--tracking-uri`` its metrics
+(``eval/<row>/<setting>/<probe>_<top1|top5>``) and the table go to the workflow's parent run
+(svt.tracking.PARENT_ENV) or ``--run-id``.
 """
 
 from __future__ import annotations
