@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,27 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> A
 def latest(ckpt_dir: str | os.PathLike) -> Path | None:
     path = Path(ckpt_dir) / LAST
     return path if path.exists() else None
+
+
+def load_resumable(path: str | os.PathLike, inputs: str,
+                   map_location: str | torch.device = "cpu") -> tuple[Any, str | None, str]:
+    """(state, None, "") for a checkpoint of these very ``inputs`` (a fingerprint of config
+    and data, saved under "inputs"); otherwise (None, "stale" or "corrupt", the error) for a
+    checkpoint of other inputs or one that cannot be read, which a run sets aside
+    (:func:`set_aside`) and trains from the start."""
+    try:
+        state = load(path, map_location=map_location)
+    except CheckpointError as e:  # atomic saves never leave one; a damaged disk can
+        return None, "corrupt", str(e)
+    return (state, None, "") if state.get("inputs") == inputs else (None, "stale", "")
+
+
+def set_aside(path: str | os.PathLike, tag: str) -> Path:
+    """Move a checkpoint out of the way, never deleting it: ``last.pth.<tag>-<unix time>``."""
+    path = Path(path)
+    aside = path.with_name(f"{path.name}.{tag}-{int(time.time())}")
+    os.replace(path, aside)
+    return aside
 
 
 def seed_all(seed: int) -> None:

@@ -472,20 +472,15 @@ def resume_or_start(run: Run) -> None:
     last = ckpt.latest(run.ckpt_dir)
     if last is None:
         return
-    try:
-        state = ckpt.load(last, map_location=run.device)
-        why = None if state.get("inputs") == run.inputs else (
-            "was trained on other data or another config", "stale")
-    except ckpt.CheckpointError as e:  # atomic saves never leave one; a damaged disk can
-        why = (f"cannot be read ({e})", "corrupt")
+    state, tag, error = ckpt.load_resumable(last, run.inputs, run.device)
     if dist.is_initialized():
         dist.barrier()  # every rank has read the file before rank 0 may move it
-    if why is not None:  # set aside, never deleted, and train from the start
+    if tag is not None:  # set aside, never deleted, and train from the start
         if run.main_rank:
-            aside = last.with_name(f"{last.name}.{why[1]}-{int(time.time())}")
-            os.replace(last, aside)
-            print(f"pretrain: {last} {why[0]}; moved to {aside.name}, starting over",
-                  file=sys.stderr)
+            aside = ckpt.set_aside(last, tag)
+            why = f"cannot be read ({error})" if tag == "corrupt" else \
+                "was trained on other data or another config"
+            print(f"pretrain: {last} {why}; moved to {aside.name}, starting over", file=sys.stderr)
         if dist.is_initialized():
             dist.barrier()
         return
@@ -525,18 +520,21 @@ def start_tracking(run: Run) -> None:
 
 
 def reset_metrics_csv(run: Run) -> None:
-    """Rows past the checkpoint were computed by a run that died before saving them: drop
-    them, the resumed run logs those steps again."""
-    if not run.main_rank:
-        return
+    if run.main_rank:
+        trim_metrics_csv(run.metrics_csv, METRIC_FIELDS, run.step)
+
+
+def trim_metrics_csv(path: Path, fields: list[str], step: int) -> None:
+    """Rows past the checkpoint's ``step`` were computed by a run that died before saving
+    them: drop them, the resumed run logs those steps again. Starts the file when missing."""
     kept = []
-    if run.metrics_csv.exists():
-        with open(run.metrics_csv, newline="") as f:
-            kept = [r for r in csv.DictReader(f) if int(r["step"]) <= run.step]
-    with open(run.metrics_csv, "w", newline="") as f:
+    if path.exists():
+        with open(path, newline="") as f:
+            kept = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(METRIC_FIELDS)
-        w.writerows([r.get(k, "") for k in METRIC_FIELDS] for r in kept)  # older files lack columns
+        w.writerow(fields)
+        w.writerows([r.get(k, "") for k in fields] for r in kept)  # older files lack columns
 
 
 def save_checkpoint(run: Run) -> None:

@@ -39,7 +39,7 @@ from svt.loader import BACKENDS, VideoDataset, cpu_backend, loader_workers
 from svt.loss import apply_schedules, clip_gradients, optim_schedules
 from svt.model import build_model, file_sha256, load_pretrained, pretrained_cfg
 from svt.pretrain import (EXIT_PREEMPTED, EpochSampler, StopFlag, inputs_fingerprint,
-                          make_optimizer, precision_context, write_curves)
+                          make_optimizer, precision_context, trim_metrics_csv, write_curves)
 from svt.views import AugmentCollate, SVTAugment, SVTClipSampler, ViewConfig
 
 METRIC_FIELDS = ["step", "epoch", "loss", "train_accuracy", "lr", "wd", "grad_norm", "step_time",
@@ -126,22 +126,17 @@ def train(a: argparse.Namespace) -> int:
     step, run_id = 0, None
     last = ckpt.latest(ckpt_dir)
     if last is not None:
-        try:
-            state = ckpt.load(last, map_location=device)
-            why = None if state.get("inputs") == inputs else ("was trained on other inputs", "stale")
-        except ckpt.CheckpointError as e:
-            why = (f"cannot be read ({e})", "corrupt")
-        if why is None:
+        state, tag, error = ckpt.load_resumable(last, inputs, device)
+        if tag is None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             step, run_id = state["step"], state["mlflow_run_id"]
             ckpt.set_rng_state(state["rng"])
             print(f"supervised: resumed from {last} at step {step}", file=sys.stderr)
         else:  # set aside, never deleted, and train from the start
-            aside = last.with_name(f"{last.name}.{why[1]}-{int(time.time())}")
-            last.replace(aside)
-            print(f"supervised: {last} {why[0]}; moved to {aside.name}, starting over",
-                  file=sys.stderr)
+            aside = ckpt.set_aside(last, tag)
+            why = f"cannot be read ({error})" if tag == "corrupt" else "was trained on other inputs"
+            print(f"supervised: {last} {why}; moved to {aside.name}, starting over", file=sys.stderr)
 
     tracker = tracking.stage_run(a, "supervised", run_id=run_id, restore_status=False,
                                  tags={"svt.out_dir": str(out_dir.resolve())})
@@ -155,12 +150,7 @@ def train(a: argparse.Namespace) -> int:
                           "mlflow_run_id": run_id}, ckpt_dir / ckpt.LAST)
 
     metrics_csv = out_dir / "metrics.csv"
-    kept = []
-    if metrics_csv.exists():  # rows past the checkpoint are logged again by this run
-        with open(metrics_csv, newline="") as f:
-            kept = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-    with open(metrics_csv, "w", newline="") as f:
-        csv.writer(f).writerows([METRIC_FIELDS] + [[r[k] for k in METRIC_FIELDS] for r in kept])
+    trim_metrics_csv(metrics_csv, METRIC_FIELDS, step)  # rows past the checkpoint: logged again
 
     stop = StopFlag()
     bar = progress.bar(limit, "supervised", "step", initial=step)

@@ -460,12 +460,10 @@ def backbone_datasets(kind: str) -> list:
 def backbone_source(kind: str, khash: str) -> tuple[dict, str | None]:
     """The config (a sweep variant's or the experiment's) and, for the supervised bound, the
     dataset behind an evaluation folder; refuses folders no variant of this config would make."""
-    for dataset in backbone_datasets(kind):
-        try:
-            cfg = find_variant(lambda cfg: backbone_hash(kind, cfg, dataset) == khash, "")
-        except ValueError:
-            continue
-        return cfg, dataset
+    for cfg in VARIANTS.values():
+        for dataset in backbone_datasets(kind):
+            if backbone_hash(kind, cfg, dataset) == khash:
+                return cfg, dataset
     raise ValueError(f"{RESULTS}/evaluate/{kind}-{khash} belongs to another config "
                      "(no variant of this one makes it)")
 
