@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 # Rules call `python -m svt.<step>`: the venv's python must come first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo demo-data demo-motion demo-gpu test lint bench clean gc dashboard mlflow-server mlflow-server-stop results
+.PHONY: setup demo demo-data demo-long demo-motion demo-gpu test lint bench clean gc dashboard mlflow-server mlflow-server-stop results
 
 setup:            ## create .venv with pinned dependencies; install ffmpeg if missing
 	bash scripts/setup.sh
@@ -20,6 +20,11 @@ demo-data: setup  ## generate the seeded synthetic shapes dataset and copy the r
 demo: demo-data   ## run the whole workflow on the demo data (local executor), then print the table
 	SVT_PRINT_TABLE=0 $(VENV)/bin/snakemake --cores $(CORES) --configfile config/demo.yaml
 	@$(PY) -m svt.results --results-dir results --experiment demo  # once, last (also after a no-op)
+
+demo-long: setup  ## the CPU preset where pretraining beats random init (config/demo-long.yaml, about 40 min)
+	$(PY) -m svt.demo_data --out $(DEMO_DATA)/shapes-long --classes shapes --clips 16 --real-out $(DEMO_DATA)/real
+	SVT_PRINT_TABLE=0 $(VENV)/bin/snakemake --cores $(CORES) --configfile config/demo.yaml config/demo-long.yaml
+	@$(PY) -m svt.results --results-dir results --experiment demo-long
 
 demo-motion: setup  ## the motion-only demo design (config/demo-motion.yaml)
 	$(PY) -m svt.demo_data --out $(DEMO_DATA)/ucf101 --real-out $(DEMO_DATA)/real

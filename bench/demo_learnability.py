@@ -3,7 +3,7 @@
     python bench/demo_learnability.py [--preset config/demo.yaml ...] [--classes all|N|A,B,...]
         [--groups 8] [--clips 2] [--mode random,supervised,ssl] [--steps 300]  # --classes shapes
         [--background textured|flat|by-class] [--set NAME=VALUE ...] [--cfg KEY=VALUE ...]
-        [--seeds 0,1,2] [--curve-every 250] [--device cpu|cuda|auto] [--workers N]
+        [--seeds 0,1,2] [--curve-every 250] [--colour-probe] [--device cpu|cuda|auto] [--workers N]
 
 Renders demo videos in memory (``svt.demo_data.render_clip``, resized to the demo decode's
 short side, no encoding), splits them into train/test groups as the dataset's fold 1 does, and
@@ -35,6 +35,7 @@ class (a sanity check: every mode should then reach 100%). ``--set`` overrides a
 from __future__ import annotations
 
 import argparse
+import colorsys
 import math
 import sys
 import time
@@ -145,6 +146,20 @@ def probe(model, videos, labels, test, geometries, classes, cfg) -> dict[str, tu
                                    {k: f[test] for k, f in feats.items()}, labels[test], classes,
                                    probe_cfg, ec["combine"], ec["knn_k"], ec["knn_temperature"])
     return {s: (100 * r["linear"]["top1"], 100 * r["knn"]["top1"]) for s, r in results.items()}
+
+
+def colour_bins(videos, bins: int = 6) -> torch.Tensor:
+    """Each video's object hue in ``bins`` equal bins: the hue of the mean colour of its light
+    pixels (the shape family draws a light object on a dark background) over the whole clip.
+    With a colour constant within the clip this is the video's colour; the shortcut probe asks
+    whether a backbone's features tell it."""
+    out = []
+    for v in videos:
+        x = v.float().reshape(-1, 3) / 255
+        obj = x[x.mean(1) > 0.5]
+        r, g, b = (obj if len(obj) else x).mean(0).tolist()
+        out.append(min(int(colorsys.rgb_to_hsv(r, g, b)[0] * bins), bins - 1))
+    return torch.tensor(out)
 
 
 def view_batch(videos, batch, sampler, augment, rng, generator):
@@ -285,6 +300,9 @@ def main(argv=None) -> int:
                    "once per seed (model init, views, order) and the mean and spread are printed")
     p.add_argument("--curve-every", type=int, default=0, help="print the slow view's linear/kNN "
                    "test accuracy every N training steps (accuracy against steps)")
+    p.add_argument("--colour-probe", action="store_true",
+                   help="also probe each model's slow-view features for the video's object hue "
+                        "(6 bins): the colour shortcut shows as a high hue accuracy")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--workers", type=int, default=0,
                    help="processes that build the training views while the model trains (0: in "
@@ -314,6 +332,7 @@ def main(argv=None) -> int:
                                   a.seed, backgrounds(a.background, classes), a.jobs)
     print(f"{len(classes)} classes, {int((~test).sum())} train / {int(test.sum())} test videos "
           f"(rendered in {time.time() - t0:.0f} s); chance {100 / len(classes):.1f}%", flush=True)
+    hues, hue_names = colour_bins(videos), [f"hue{i}" for i in range(6)]
     device = "cuda" if a.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if a.device == "auto" else a.device)
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [cfg["optim"]["seed"]]
@@ -345,6 +364,11 @@ def main(argv=None) -> int:
             cells = [f"{r[k][0]:5.1f} / {r[k][1]:5.1f}" for k in ("slow", "fast", "slow_fast")]
             print(f"{name:<24} {cells[0]:>14} {cells[1]:>14} {cells[2]:>18}   "
                   f"({time.time() - t0:.0f} s)", flush=True)
+            if a.colour_probe:
+                h = probe(backbone, videos, hues, test, {"slow": geometries["slow"]}, hue_names, cfg)["slow"]
+                print(f"{'  object hue (' + str(len(hue_names)) + ' bins)':<24} {h[0]:5.1f} / {h[1]:5.1f}"
+                      f"   (chance {100 / len(hue_names):.1f}; test bins {np.bincount(hues[test], minlength=6).tolist()})",
+                      flush=True)
     if len(seeds) > 1:
         print(f"\nmean +- standard deviation over seeds {','.join(map(str, seeds))}:")
         for name, rows in table.items():

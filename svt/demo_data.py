@@ -49,7 +49,7 @@ from svt.atomic import atomic_path
 log = logging.getLogger(__name__)
 
 # Bump whenever the rendered content or the layout changes, so old stamps stop matching.
-GENERATOR_VERSION = "svt-demo-data/1"
+GENERATOR_VERSION = "svt-demo-data/2"  # 2: shape colours turn within a clip
 
 # Order matters: it fixes the 1-based labels in classInd.txt.
 CLASSES = [
@@ -81,6 +81,12 @@ FRAME_NOISE = 2.0  # std of the independent per-frame noise, in 0..255 units
 SHAPE_CLASSES = ["ShapeDisk", "ShapeSquare", "ShapeTriangle", "ShapeStar", "ShapeCross"]
 SHAPE_RADIUS = (0.30, 0.42)  # large: the silhouette spans most of the 4 x 4 patches of a 64-px view
 SHAPE_MOTIONS = ("still", "translate", "rotate", "zoom")
+# Periods per clip of the colour waves of the object and the background (each channel its own
+# speed, direction and phase). A colour constant within a video lets SVT match its views on
+# colour alone and learn nothing of the shape (feature suppression; README "The demo result"):
+# with the colours changing, views from different moments share only the outline.
+# (0, 0): a colour constant within each clip, as generator version 1 drew.
+SHAPE_COLOUR_TURNS = (0.5, 1.5)
 ALL_CLASSES = CLASSES + SHAPE_CLASSES  # the index seeds each video's random stream
 
 UCF_TEST_FRACTION = 7 / 25  # UCF101 tests on 7 of its 25 groups in each fold
@@ -167,8 +173,8 @@ def render_shape_clip(class_name: str, rng: np.random.Generator, frames: int,
     kind, params = _SHAPE_OUTLINES[class_name]
     # Random hues, but always a light object on a dark background: with the contrast's sign
     # random too, the demo-sized ViT learned no shape at all (bench/demo_learnability.py).
-    background = rng.random(3, dtype=np.float32) * 0.45
-    colour = 0.55 + rng.random(3, dtype=np.float32) * 0.45
+    background = _colour_waves(rng, 0.0, 0.45, frames)
+    colour = _colour_waves(rng, 0.55, 1.0, frames)
     radius = rng.uniform(*SHAPE_RADIUS) * min(w, h)
     motion = SHAPE_MOTIONS[int(rng.integers(len(SHAPE_MOTIONS)))]
     steps = np.arange(frames, dtype=np.float32)
@@ -197,6 +203,17 @@ def render_shape_clip(class_name: str, rng: np.random.Generator, frames: int,
     video += rng.standard_normal(alpha.shape, dtype=np.float32) * FRAME_NOISE + 0.5
     np.clip(video, 0, 255, out=video)
     return video.astype(np.uint8)
+
+
+def _colour_waves(rng: np.random.Generator, lo: float, hi: float, frames: int) -> np.ndarray:
+    """(frames, 1, 1, 3) colours in the box [lo, hi]^3: each channel a sine wave of its own
+    speed (SHAPE_COLOUR_TURNS periods per clip, either direction) and phase. Hue, saturation
+    and brightness all change within the clip, while a light colour stays light."""
+    turns = rng.uniform(*SHAPE_COLOUR_TURNS, 3) * rng.choice([-1, 1], 3)
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    t = np.arange(frames, dtype=np.float32)[:, None] / max(frames, 1)
+    wave = 0.5 + 0.5 * np.sin(2 * np.pi * turns * t + phase)
+    return (lo + (hi - lo) * wave).astype(np.float32)[:, None, None, :]
 
 
 def _bounce(x: np.ndarray, lo: float, hi: float) -> np.ndarray:

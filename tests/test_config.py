@@ -56,6 +56,7 @@ def test_schema_defaults_equal_config_yaml():
 
 @pytest.mark.parametrize("preset", [[], ["config/demo.yaml"], ["config/demo-motion.yaml"],
                                     ["config/demo.yaml", "config/demo-gpu.yaml"],
+                                    ["config/demo.yaml", "config/demo-long.yaml"],
                                     ["config/demo.yaml", "config/demo-sweep.yaml"]])
 def test_config_and_presets_validate(preset):
     config = load_config(REPO / "config.yaml", [REPO / p for p in preset], validate=True)

@@ -106,7 +106,7 @@ def test_from_config_demo_sizes():
     cfg = ViewConfig.from_config(dict(CONFIG["views"], **DEMO["views"]),
                                  dict(CONFIG["augment"], **DEMO["augment"]))
     demo = DEMO["views"]
-    assert [v.size for v in cfg.views] == [demo["global_size"]] * 2 + [demo["local_size"]] * 8
+    assert [v.size for v in cfg.views] == [demo["global_size"]] * 2 + [demo["local_size"]] * len(demo["local_frames"])
     assert [v.frames for v in cfg.views] == demo["global_frames"] + demo["local_frames"]
     assert cfg.hflip == 0.0
 
