@@ -26,6 +26,11 @@ rendered videos stay the same) and prints the mean and standard deviation over t
 so a budget can be read off the curve. ``--device cuda`` trains and extracts on a GPU (the
 views are still made on the CPU: ``--workers N`` makes them in N processes meanwhile).
 
+``--colour-probe`` also probes each model's slow-view features for the video's object hue
+(6 bins, from the pixels): the check for the colour shortcut, where pretraining matches its
+views on a colour that one video keeps throughout and learns no shape (README "The demo
+result"). ``--set SHAPE_COLOUR_TURNS=0,0`` renders the shapes with such constant colours.
+
 ``--background flat`` draws one flat colour per video; ``by-class`` colours the background by
 class (a sanity check: every mode should then reach 100%). ``--set`` overrides a constant of
 ``svt.demo_data`` (``--set SLOW_SPEED=0.012,0.016``), ``--cfg`` a config key

@@ -9,7 +9,8 @@ Two families of synthetic classes:
   move over time -- the thing a video transformer should learn and an image model cannot
   (and, at demo scale, does not: README "The demo result").
 * *shapes* (``SHAPE_CLASSES``, ``--classes shapes``, the demo): the label fixes a silhouette's
-  outline; its colours, size, position, orientation and motion are random.
+  outline; its size, position, orientation and motion are random, and its colours and the
+  background's change within the clip (so that no colour belongs to one video).
 
 Layout written by ``generate`` (the same as UCF101, so the 'ucf101' adapter reads it)::
 
@@ -166,12 +167,13 @@ _SHAPE_OUTLINES = {  # class -> (_shape_distance kind, fixed parameters)
 def render_shape_clip(class_name: str, rng: np.random.Generator, frames: int,
                       size: tuple[int, int]) -> np.ndarray:
     """One clip of the shape family (SHAPE_CLASSES): a flat-coloured silhouette whose outline
-    is the class, on a flat background, uint8 (frames, H, W, 3)."""
+    is the class, on a flat background, both colours changing over the clip (SHAPE_COLOUR_TURNS),
+    uint8 (frames, H, W, 3)."""
     if class_name not in _SHAPE_OUTLINES:
         raise ValueError(f"unknown shape class {class_name!r}; known: {', '.join(SHAPE_CLASSES)}")
     w, h = size
     kind, params = _SHAPE_OUTLINES[class_name]
-    # Random hues, but always a light object on a dark background: with the contrast's sign
+    # Changing colours, but always a light object on a dark background: with the contrast's sign
     # random too, the demo-sized ViT learned no shape at all (bench/demo_learnability.py).
     background = _colour_waves(rng, 0.0, 0.45, frames)
     colour = _colour_waves(rng, 0.55, 1.0, frames)
