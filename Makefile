@@ -21,7 +21,7 @@ demo: demo-data   ## run the whole workflow on the demo data (local executor), t
 	SVT_PRINT_TABLE=0 $(VENV)/bin/snakemake --cores $(CORES) --configfile config/demo.yaml
 	@$(PY) -m svt.results --results-dir results --experiment demo  # once, last (also after a no-op)
 
-demo-long: setup  ## the CPU preset where pretraining beats random init (config/demo-long.yaml, about 40 min)
+demo-long: setup  ## the CPU preset of the 3-seed gain over random init (config/demo-long.yaml; README, The demo result)
 	$(PY) -m svt.demo_data --out $(DEMO_DATA)/shapes-long --classes shapes --clips 16 --real-out $(DEMO_DATA)/real
 	SVT_PRINT_TABLE=0 $(VENV)/bin/snakemake --cores $(CORES) --configfile config/demo.yaml config/demo-long.yaml
 	@$(PY) -m svt.results --results-dir results --experiment demo-long

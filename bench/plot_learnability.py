@@ -7,7 +7,9 @@ seed each, or several seeds in one file). The plot has two panels, slow-view lin
 slow-view kNN top-1 against training steps: one line per trained mode (``ssl``: SVT
 pretraining, ``supervised``: the labelled bound), the mean over the runs with a band of
 +- one standard deviation, and random init as a horizontal band. The figures printed beside
-the plot are the same means and spreads, so the picture never says more than the numbers.
+the plot are the same means and spreads, so the picture never says more than the numbers,
+after the final rows of the runs (all six columns) as mean +- spread and the gain over random
+init (the 3-seed figures of README "The demo result" come from here).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ import numpy as np
 
 CURVE = re.compile(r"^\s+(\w+) step (\d+): slow lin/kNN ([\d.]+) / ([\d.]+)")
 RANDOM = re.compile(r"^random init(?: \(seed \d+\))?\s+([\d.]+) /\s+([\d.]+)")
+# a final row: "<model> (seed N)?  slow lin / kNN  fast lin / kNN  slow-fast lin / kNN  (T s)"
+ROW = re.compile(r"^(random init|supervised \d+ steps|ssl \d+ steps)(?: \(seed \d+\))?\s+"
+                 + r"\s+".join([r"([\d.]+) /\s+([\d.]+)"] * 3))
+COLUMNS = ["slow lin", "slow kNN", "fast lin", "fast kNN", "slow-fast lin", "slow-fast kNN"]
 LABELS = {"ssl": "SVT pretraining (teacher)", "supervised": "trained with labels (the bound)"}
 
 
@@ -40,6 +46,32 @@ def read_runs(paths) -> tuple[dict, list]:
     return curves, random
 
 
+def final_rows(paths) -> dict[str, np.ndarray]:
+    """{model: (runs, 6) array} of the final table rows (slow, fast, slow-fast; linear, kNN)."""
+    rows: dict = defaultdict(list)
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if m := ROW.match(line):
+                rows[m[1]].append([float(x) for x in m.groups()[1:]])
+    return {k: np.array(v) for k, v in rows.items()}
+
+
+def print_final(rows: dict[str, np.ndarray]) -> None:
+    """Mean +- standard deviation over the runs per model, and each trained model's gain over
+    random init (mean of the per-run gains: runs pair by order, one seed per file)."""
+    print(f"{'model':<32} {'runs':>4} " + " ".join(f"{c:>14}" for c in COLUMNS))
+    for name, r in rows.items():
+        print(f"{name:<32} {len(r):>4} " + " ".join(f"{m:>8.1f}+-{d:<4.1f}" for m, d in zip(r.mean(0), r.std(0))))
+    base = rows.get("random init")
+    for name, r in rows.items():
+        if base is not None and name != "random init" and len(r) == len(base):
+            gain = r - base
+            print(f"{name + ' - random':<32} {len(r):>4} " + " ".join(
+                f"{m:>+8.1f} [{lo:+.1f}]" for m, lo in zip(gain.mean(0), gain.min(0))))
+    if base is not None:
+        print("(gain: mean over runs, [smallest run's gain])")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("outputs", nargs="+", help="saved standard outputs of demo_learnability.py")
@@ -52,6 +84,8 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     curves, random = read_runs(a.outputs)
+    if rows := final_rows(a.outputs):
+        print_final(rows)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for col, (ax, metric) in enumerate(zip(axes, ("slow linear probe", "slow kNN"))):
         if random:
