@@ -50,7 +50,7 @@ from svt.atomic import atomic_path
 log = logging.getLogger(__name__)
 
 # Bump whenever the rendered content or the layout changes, so old stamps stop matching.
-GENERATOR_VERSION = "svt-demo-data/2"  # 2: shape colours turn within a clip
+GENERATOR_VERSION = "svt-demo-data/2"  # 2: shape colours change within a clip
 
 # Order matters: it fixes the 1-based labels in classInd.txt.
 CLASSES = [
@@ -86,7 +86,7 @@ SHAPE_MOTIONS = ("still", "translate", "rotate", "zoom")
 # speed, direction and phase). A colour constant within a video lets SVT match its views on
 # colour alone and learn nothing of the shape (feature suppression; README "The demo result"):
 # with the colours changing, views from different moments share only the outline.
-# (0, 0): a colour constant within each clip, as generator version 1 drew.
+# (0, 0): a colour constant within each clip (the design of generator version 1).
 SHAPE_COLOUR_TURNS = (0.5, 1.5)
 ALL_CLASSES = CLASSES + SHAPE_CLASSES  # the index seeds each video's random stream
 
