@@ -337,7 +337,9 @@ def main(argv=None) -> int:
                                   a.seed, backgrounds(a.background, classes), a.jobs)
     print(f"{len(classes)} classes, {int((~test).sum())} train / {int(test.sum())} test videos "
           f"(rendered in {time.time() - t0:.0f} s); chance {100 / len(classes):.1f}%", flush=True)
-    hues, hue_names = colour_bins(videos), [f"hue{i}" for i in range(6)]
+    if a.colour_probe:
+        hues = colour_bins(videos)
+        hue_names = [f"hue{i}" for i in range(6)]  # colour_bins' default
     device = "cuda" if a.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if a.device == "auto" else a.device)
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [cfg["optim"]["seed"]]
@@ -372,7 +374,7 @@ def main(argv=None) -> int:
             if a.colour_probe:
                 h = probe(backbone, videos, hues, test, {"slow": geometries["slow"]}, hue_names, cfg)["slow"]
                 print(f"{'  object hue (' + str(len(hue_names)) + ' bins)':<24} {h[0]:5.1f} / {h[1]:5.1f}"
-                      f"   (chance {100 / len(hue_names):.1f}; test bins {np.bincount(hues[test], minlength=6).tolist()})",
+                      f"   (chance {100 / len(hue_names):.1f}; test bins {np.bincount(hues[test], minlength=len(hue_names)).tolist()})",
                       flush=True)
     if len(seeds) > 1:
         print(f"\nmean +- standard deviation over seeds {','.join(map(str, seeds))}:")

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 CURVE = re.compile(r"^\s+(\w+) step (\d+): slow lin/kNN ([\d.]+) / ([\d.]+)")
-RANDOM = re.compile(r"^random init(?: \(seed \d+\))?\s+([\d.]+) /\s+([\d.]+)")
 # a final row: "<model> (seed N)?  slow lin / kNN  fast lin / kNN  slow-fast lin / kNN  (T s)"
 ROW = re.compile(r"^(random init|supervised \d+ steps|ssl \d+ steps)(?: \(seed \d+\))?\s+"
                  + r"\s+".join([r"([\d.]+) /\s+([\d.]+)"] * 3))
@@ -31,29 +30,20 @@ COLUMNS = ["slow lin", "slow kNN", "fast lin", "fast kNN", "slow-fast lin", "slo
 LABELS = {"ssl": "SVT pretraining (teacher)", "supervised": "trained with labels (the bound)"}
 
 
-def read_runs(paths) -> tuple[dict, list]:
-    """{mode: {step: [(lin, knn) per run]}} and [(lin, knn) of random init per run]."""
+def read_runs(paths) -> tuple[dict, dict[str, np.ndarray]]:
+    """{mode: {step: [(lin, knn) per run]}} of the curves, and {model: (runs, 6) array} of the
+    final table rows (slow, fast, slow-fast; linear, kNN), random init among them."""
     curves: dict = defaultdict(lambda: defaultdict(list))
-    random = []
+    rows: dict = defaultdict(list)
     for path in paths:
         for line in Path(path).read_text().splitlines():
             if m := CURVE.match(line):
                 curves[m[1]][int(m[2])].append((float(m[3]), float(m[4])))
-            elif m := RANDOM.match(line):
-                random.append((float(m[1]), float(m[2])))
+            elif m := ROW.match(line):
+                rows[m[1]].append([float(x) for x in m.groups()[1:]])
     if not curves:
         raise SystemExit(f"no curve lines ('<mode> step N: slow lin/kNN a / b') in {', '.join(map(str, paths))}")
-    return curves, random
-
-
-def final_rows(paths) -> dict[str, np.ndarray]:
-    """{model: (runs, 6) array} of the final table rows (slow, fast, slow-fast; linear, kNN)."""
-    rows: dict = defaultdict(list)
-    for path in paths:
-        for line in Path(path).read_text().splitlines():
-            if m := ROW.match(line):
-                rows[m[1]].append([float(x) for x in m.groups()[1:]])
-    return {k: np.array(v) for k, v in rows.items()}
+    return curves, {k: np.array(v) for k, v in rows.items()}
 
 
 def print_final(rows: dict[str, np.ndarray]) -> None:
@@ -83,13 +73,14 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves, random = read_runs(a.outputs)
-    if rows := final_rows(a.outputs):
+    curves, rows = read_runs(a.outputs)
+    if rows:
         print_final(rows)
+    random = rows.get("random init")  # its slow linear and kNN columns are the panels' first two
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for col, (ax, metric) in enumerate(zip(axes, ("slow linear probe", "slow kNN"))):
-        if random:
-            r = np.array(random)[:, col]
+        if random is not None:
+            r = random[:, col]
             ax.axhspan(r.mean() - r.std(), r.mean() + r.std(), color="grey", alpha=0.25)
             ax.axhline(r.mean(), color="grey", label=f"random init ({r.mean():.1f})")
         for mode, by_step in sorted(curves.items()):
