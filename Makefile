@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 # Rules call `python -m svt.<step>`: the venv's python must come first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo demo-data demo-long demo-motion demo-gpu test lint bench clean gc dashboard mlflow-server mlflow-server-stop results
+.PHONY: setup demo demo-data demo-long demo-motion demo-gpu test test-fast lint bench clean gc dashboard mlflow-server mlflow-server-stop results
 
 setup:            ## create .venv with pinned dependencies; install ffmpeg if missing
 	bash scripts/setup.sh
@@ -40,10 +40,14 @@ EXPERIMENT ?= demo
 results:          ## print the latest table of $(EXPERIMENT) and where its outputs are; runs nothing
 	@$(PY) -m svt.results --results-dir $(RESULTS) --experiment $(EXPERIMENT)
 
+TEST_WORKERS ?= 2  # pytest-xdist processes; tests that share a set-up stay on one (tests/conftest.py)
 test: setup       ## run the test suite (as root, first installs SLURM and chromium for their tests)
 	@if [ "$$(id -u)" = 0 ]; then bash scripts/slurm-local.sh install; fi
 	bash scripts/setup-browser.sh
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=20
+
+test-fast: setup  ## the edit loop: the unit tests only (not marked slow: no workflow, SLURM, browser or training run)
+	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 lint: setup       ## snakemake's own linter
 	$(VENV)/bin/snakemake --lint --configfile config/demo.yaml

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 import ci_skips
 
@@ -23,6 +28,21 @@ pytest_report_teststatus = ci_skips.pytest_report_teststatus
 pytest_runtest_makereport = ci_skips.pytest_runtest_makereport
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Under pytest-xdist (`--dist loadgroup`), the tests that read one expensive set-up (a session
+# or module fixture) run on one worker, so that it is made once; those groups are handed out
+# first, and the other tests fill in around them.
+XDIST_GROUPS = {"sweep_run": "slurm-and-sweep", "slurm": "slurm-and-sweep", "tiny_run": "tiny-run"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        group = next((g for fixture, g in XDIST_GROUPS.items() if fixture in names), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)  # stable
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -153,3 +173,75 @@ def video_factory(tmp_path):
     def factory(name="clip.mp4", **kw):
         return make_video(tmp_path / name, **kw)
     return factory
+
+
+# ---- the tiny workflow run that the workflow tests share --------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """The tiny demo dataset (4 classes x 3 groups, UCF101 layout) that the workflow tests read;
+    generated once per session, never written to."""
+    from svt.demo_data import generate
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    generate(root / "ucf", seed=1, classes=4, groups=3, clips=1, frames=24, size=(80, 60), jobs=2,
+             progress=False)
+    return root / "ucf"
+
+
+@dataclass
+class TinyRun:
+    """A finished workflow run: its folder, config (written to ``wd/tiny.yaml``), the job
+    counts it ran and what it printed."""
+    wd: Path
+    cfg: dict
+    stats: dict
+    printed: str
+
+    def copy(self, dst: Path) -> "TinyRun":
+        """The run in a folder of its own, for a test that runs more jobs in it or breaks it:
+        the same outputs and Snakemake records, and an MLflow store whose artifact locations
+        point into the copy."""
+        shutil.copytree(self.wd, dst, symlinks=True)
+        store = dst / "results" / "mlflow.db"
+        if store.exists():
+            old, new = (p.absolute().as_uri() for p in (self.wd, dst))
+            with sqlite3.connect(store) as db:  # MLflow keeps absolute artifact locations
+                db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
+                           (old + "/", new + "/"))
+                db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (old + "/", new + "/"))
+            db.close()
+        return TinyRun(dst, self.cfg, self.stats, self.printed)
+
+
+def folder_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Size and mtime of every file under ``root``: what a read-only test must leave as it is."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tiny_data) -> dict:
+    """The config of the shared tiny run, for tests that need the config and not the run."""
+    cfg = tiny_pipeline_config(tiny_data)
+    cfg["tracking"] = {"system_metrics_s": 1}  # the dashboard tests read system metrics
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cfg, tmp_path_factory):
+    """The whole pipeline on the tiny data, once per session, with the local executor: the
+    reference that the run, rerun, dashboard and SLURM tests read. A test that runs jobs in it
+    works on ``tiny_run.copy(tmp_path / ...)``; at the end of the session the suite fails if
+    anything under its results/ or logs/ changed."""
+    wd = tmp_path_factory.mktemp("tiny-run")
+    cfg = copy.deepcopy(tiny_cfg)
+    (wd / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake(wd, "--configfile", str(wd / "tiny.yaml"))
+    run = TinyRun(wd, cfg, job_stats(res), res.stdout + res.stderr)
+    before = {part: folder_state(wd / part) for part in ("results", "logs")}
+    yield run
+    changed = {part: sorted(set(before[part].items()) ^ set(folder_state(wd / part).items()))
+               for part in before}
+    assert not any(changed.values()), f"a test wrote into the shared tiny run: {changed}"

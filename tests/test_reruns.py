@@ -1,8 +1,9 @@
 """Partial reruns: an edit to one stage's code plans that stage and what follows it, and
 nothing else (README, "Partial reruns").
 
-A copy of this checkout runs the tiny pipeline once; then, one at a time, a function used only
-by one stage is edited in the copy and `snakemake -n` must plan exactly the expected rules.
+A copy of this checkout takes over a copy of the session's tiny run (conftest), which it finds
+up to date; then, one at a time, a function used only by one stage is edited in the copied
+checkout and `snakemake -n` must plan exactly the expected rules.
 Also unit tests of svt.code_hash, which turns each rule's entry module into its code hash."""
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import REPO, tiny_pipeline_config
+from conftest import REPO
 from svt.code_hash import code_hash, imported_modules
-from svt.demo_data import generate
 
 AFTER_CURATE = {"curate", "pretrain", "adapt", "features", "probe", "eval_table"}
 # (file, function edited, rules the dry run must plan); `all` and `experiment` aside
@@ -79,17 +78,15 @@ def edit_function(path: Path, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A copied checkout and a workflow run of it that completed."""
+def finished_run(tiny_run, tmp_path_factory):
+    """A copied checkout, and a copy of the session's finished tiny run (conftest) that the
+    copied checkout finds up to date: its code is the same."""
     base = tmp_path_factory.mktemp("reruns")
     repo = copy_checkout(base / "repo")
-    work = base / "work"
-    generate(work / "ucf", seed=2, classes=3, groups=3, clips=1, frames=24, size=(80, 60), jobs=2,
-             progress=False)
+    work = tiny_run.copy(base / "work").wd
+    (work / "config.yaml").unlink()
     (work / "config.yaml").symlink_to(repo / "config.yaml")
     cfg = work / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_pipeline_config(work / "ucf")))
-    snakemake(repo, work, "--configfile", str(cfg))
     assert planned_rules(snakemake(repo, work, "--configfile", str(cfg), "-n")) == set()
     return repo, work, cfg
 

@@ -24,8 +24,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import INSTALL_SLURM, REPO, job_stats, missing, snakemake, stop_group, tiny_pipeline_config
-from svt.demo_data import generate
+from conftest import (INSTALL_SLURM, REPO, TinyRun, job_stats, missing, snakemake, stop_group,
+                      tiny_pipeline_config)
 
 pytestmark = pytest.mark.slow
 
@@ -44,19 +44,10 @@ def write(workdir: Path, cfg: dict, name: str = "tiny.yaml") -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    generate(root / "ucf", seed=1, classes=4, groups=3, clips=1, frames=24, size=(80, 60), jobs=2)
-    return root / "ucf"
-
-
-@pytest.fixture(scope="module")
-def local_run(demo, tmp_path_factory):
-    """The tiny whole pipeline with the local executor: the reference for every test here."""
-    wd = tmp_path_factory.mktemp("local")
-    cfg = tiny_pipeline_config(demo)
-    res = snakemake(wd, "--configfile", str(write(wd, cfg)))
-    return wd, cfg, job_stats(res), res.stdout + res.stderr
+def local_run(tiny_run):
+    """The tiny whole pipeline with the local executor (conftest, shared by the session): the
+    reference for every test here. Tests that run jobs do so in a copy of it."""
+    return tiny_run.wd, tiny_run.cfg, tiny_run.stats, tiny_run.printed
 
 
 def dry(wd: Path, cfg: dict, *args: str, snakefile: Path | None = None) -> dict[str, int]:
@@ -164,10 +155,10 @@ def test_code_edits_are_detected_and_listed(local_run, tmp_path):
     assert len(listed) == 1 and listed[0].endswith("/table.md"), res.stdout
 
 
-def test_two_experiments_share_the_stage_outputs(local_run):
+def test_two_experiments_share_the_stage_outputs(tiny_run, tmp_path):
     """A new experiment name with the same data and recipe runs nothing: every stage output
     is keyed by what it depends on, not by the experiment; it still gets its own folder."""
-    wd, cfg, *_ = local_run
+    wd, cfg = tiny_run.copy(tmp_path / "wd").wd, tiny_run.cfg
     other = copy.deepcopy(cfg)
     other["experiment"] = "u"
     path = write(wd, other, "u.yaml")
@@ -194,13 +185,11 @@ def test_two_experiments_share_the_stage_outputs(local_run):
     assert not {"index", "decode_shard", "decode_report", "manifest", "curate"} & set(plan), plan
 
 
-def test_supervised_bound_is_trained_evaluated_and_judged_beside_the_others(local_run, tmp_path):
+def test_supervised_bound_is_trained_evaluated_and_judged_beside_the_others(tiny_run, tmp_path):
     """evaluate.supervised_bound adds one backbone, trained with the evaluation dataset's
     labels, beside the pretrained and random ones: only its own jobs run, its row and the
     verdict line are in the table, and it reruns with its recipe, not with a probe setting."""
-    wd0, cfg, *_ = local_run
-    wd = tmp_path / "wd"
-    shutil.copytree(wd0, wd, symlinks=True)  # the reference run's folder stays as it is
+    wd, cfg = tiny_run.copy(tmp_path / "wd").wd, tiny_run.cfg  # the reference run stays as it is
     bound = copy.deepcopy(cfg)
     bound["evaluate"].update(supervised_bound=True, table_note="see the README for the GPU figures")
     path = write(wd, bound, "bound.yaml")
@@ -238,17 +227,17 @@ def test_supervised_bound_is_trained_evaluated_and_judged_beside_the_others(loca
 
 
 @pytest.fixture(scope="module")
-def sweep_run(demo, tmp_path_factory):
+def sweep_run(tiny_data, tmp_path_factory):
     """A 2-variant learning-rate sweep of the tiny pipeline, in a fresh working directory."""
     wd = tmp_path_factory.mktemp("sweep")
-    cfg = tiny_pipeline_config(demo, experiment="lrs")
+    cfg = tiny_pipeline_config(tiny_data, experiment="lrs")
     cfg["sweep"] = {"grid": {"optim.lr": [2.5e-4, 1e-3]}}
     res = snakemake(wd, "--configfile", str(write(wd, cfg)))
-    return wd, cfg, job_stats(res), res.stdout + res.stderr
+    return TinyRun(wd, cfg, job_stats(res), res.stdout + res.stderr)
 
 
 def test_sweep_decodes_once_pretrains_each_variant_and_compares(sweep_run):
-    wd, cfg, stats, printed = sweep_run
+    wd, stats, printed = sweep_run.wd, sweep_run.stats, sweep_run.printed
     assert stats["decode_shard"] == 1 and stats["curate"] == 1, stats
     assert stats["pretrain"] == 2 and stats["eval_table"] == 2 and stats["sweep_table"] == 1, stats
     assert stats["probe"] == 3, stats  # two pretrained backbones, one shared random baseline
@@ -283,8 +272,8 @@ def test_sweep_decodes_once_pretrains_each_variant_and_compares(sweep_run):
     assert any(a.path == "sweep/sweep.md" for a in client.list_artifacts(parents.pop(), "sweep"))
 
 
-def test_editing_one_variant_plans_only_its_jobs(sweep_run):
-    wd, cfg, *_ = sweep_run
+def test_editing_one_variant_plans_only_its_jobs(sweep_run, tmp_path):
+    wd, cfg = sweep_run.copy(tmp_path / "wd").wd, sweep_run.cfg  # the SLURM tests compare with the original
     assert dry(wd, cfg) == {}
     edited = copy.deepcopy(cfg)
     edited["sweep"]["grid"]["optim.lr"] = [2.5e-4, 2e-3]  # the second variant changes
@@ -363,17 +352,17 @@ def start_snakemake(wd: Path, *args: str) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def slurm_run(slurm, local_run, tmp_path_factory):
+def slurm_run(slurm, sweep_run, tmp_path_factory):
+    """The 2-variant sweep of ``sweep_run`` through the real local SLURM, once: the pipeline and
+    sweep tests below both read it."""
     wd = tmp_path_factory.mktemp("slurm")
-    _, cfg, *_ = local_run
-    res = snakemake(wd, *PROFILES, "--configfile", str(write(wd, cfg)), check=False)
+    res = snakemake(wd, *PROFILES, "--configfile", str(write(wd, sweep_run.cfg)), check=False)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-    return wd, res
+    return TinyRun(wd, sweep_run.cfg, job_stats(res), res.stdout + res.stderr)
 
 
-def test_config_error_is_caught_before_any_submission(slurm, local_run, tmp_path):
-    _, cfg, *_ = local_run
-    bad = copy.deepcopy(cfg)
+def test_config_error_is_caught_before_any_submission(slurm, tiny_cfg, tmp_path):
+    bad = copy.deepcopy(tiny_cfg)
     bad["optim"]["lrr"] = 0.1
     res = snakemake(tmp_path, *PROFILES, "--configfile", str(write(tmp_path, bad)), check=False)
     assert res.returncode != 0 and "lrr" in res.stdout + res.stderr
@@ -381,31 +370,34 @@ def test_config_error_is_caught_before_any_submission(slurm, local_run, tmp_path
     assert not (tmp_path / "results").exists()
 
 
-def test_pipeline_under_slurm_runs_every_job_through_sbatch_and_matches_local(local_run, slurm_run):
-    local_wd, _, local_stats, _ = local_run
-    wd, res = slurm_run
+def test_pipeline_under_slurm_runs_every_job_through_sbatch_and_matches_local(sweep_run, slurm_run):
+    wd = slurm_run.wd
     jobs = slurm_jobs(wd)
     assert jobs and all(j["JobState"] == "COMPLETED" for j in jobs), [(j["rule"], j["JobState"]) for j in jobs]
-    expected = {rule: n for rule, n in local_stats.items() if rule not in LOCAL_RULES}
+    expected = {rule: n for rule, n in sweep_run.stats.items() if rule not in LOCAL_RULES}
     assert Counter(j["rule"] for j in jobs) == expected
     # the production GPU requests were submitted (the local node declares dummy GPUs)
-    (pretrain,) = [j for j in jobs if j["rule"] == "pretrain"]
-    assert "gres:gpu:1" in pretrain.get("TresPerJob", "") + pretrain.get("TresPerNode", "")
+    pretrain = [j for j in jobs if j["rule"] == "pretrain"]
+    assert len(pretrain) == 2 and all(
+        "gres:gpu:1" in j.get("TresPerJob", "") + j.get("TresPerNode", "") for j in pretrain)
     assert all("gres:gpu:1" in j.get("TresPerJob", "") for j in jobs if j["rule"] == "features")
 
-    # same outputs as the local run: manifests, the trained weights, the final table
-    local_out, slurm_out = local_wd / "results", wd / "results"
+    # same outputs as the local run: manifests, the trained weights, the final tables
+    local_out, slurm_out = sweep_run.wd / "results", wd / "results"
     for rel in ("data/*/manifest/train.csv", "data/*/manifest/test.csv", "curate/*/pretrain_manifest.csv",
-                "evaluate/*/probe-*/table.md"):
-        (a,), (b,) = local_out.glob(rel), slurm_out.glob(rel)
-        assert a.relative_to(local_out) == b.relative_to(slurm_out)  # same config hashes
-        assert a.read_text() == b.read_text(), rel
-    (a,), (b,) = local_out.glob("pretrain/*/teacher_backbone.pth"), slurm_out.glob("pretrain/*/teacher_backbone.pth")
-    sa, sb = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
-    assert sa["step"] == sb["step"] and sa["model"] == sb["model"]
-    sa, sb = sa["state_dict"], sb["state_dict"]
-    assert sa.keys() == sb.keys()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+                "evaluate/*/probe-*/table.md", "pretrain/*/teacher_backbone.pth"):
+        local, cluster = sorted(local_out.glob(rel)), sorted(slurm_out.glob(rel))
+        assert local and [p.relative_to(local_out) for p in local] == [
+            p.relative_to(slurm_out) for p in cluster], rel  # same config hashes
+        for a, b in zip(local, cluster):
+            if a.suffix != ".pth":
+                assert a.read_text() == b.read_text(), a.relative_to(local_out)
+                continue
+            sa, sb = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
+            assert sa["step"] == sb["step"] and sa["model"] == sb["model"]
+            sa, sb = sa["state_dict"], sb["state_dict"]
+            assert sa.keys() == sb.keys()
+            assert all(torch.equal(sa[k], sb[k]) for k in sa), a.relative_to(local_out)
 
 
 def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
@@ -420,13 +412,13 @@ def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_time_limit_kill_resumes_from_the_checkpoint(slurm_run, local_run):
+def test_time_limit_kill_resumes_from_the_checkpoint(slurm_run, tiny_cfg, tmp_path):
     """A 1-minute time limit: SLURM sends SIGTERM (then SIGKILL after KillWait), pretraining
     saves at its next step and exits; Snakemake's retry resubmits it and it resumes from that
-    very step."""
-    wd, _ = slurm_run
-    _, cfg, *_ = local_run
-    long = copy.deepcopy(cfg)
+    very step. In a copy of the SLURM run's folder: its data and curation are done, and its
+    own record of jobs stays the sweep's."""
+    wd = slurm_run.copy(tmp_path / "wd").wd
+    long = copy.deepcopy(tiny_cfg)
     long["optim"]["epochs"] = 5000  # far longer than the limit: the kill always lands
     long["pretrain"]["checkpoint_every"] = 1000
     long["cluster"]["pretrain_runtime"] = 1
@@ -451,9 +443,8 @@ def test_time_limit_kill_resumes_from_the_checkpoint(slurm_run, local_run):
     assert saved and resumed_at and resumed_at[0] == saved[0] > 0, text[-3000:]
 
 
-def test_cancelled_decode_shard_is_retried_alone(slurm, local_run, tmp_path):
-    _, cfg, *_ = local_run
-    two = copy.deepcopy(cfg)
+def test_cancelled_decode_shard_is_retried_alone(slurm, tiny_cfg, tmp_path):
+    two = copy.deepcopy(tiny_cfg)
     two["decode"]["shards"] = 2
     proc = start_snakemake(tmp_path, "data", "--configfile", str(write(tmp_path, two)))
     try:
@@ -497,20 +488,14 @@ def test_srun_and_torchrun_rendezvous_inside_a_job(slurm, tmp_path):
     assert sorted(re.findall(r"rank (\d) of 2 sum 3", text)) == ["0", "1"], text
 
 
-def test_sweep_under_slurm_pretrains_each_variant_as_its_own_job(slurm, sweep_run, tmp_path_factory):
+def test_sweep_under_slurm_pretrains_each_variant_as_its_own_job(slurm_run):
     """The sweep through the real local SLURM: one job per variant's pretraining, both
     submitted before either finished (so a cluster runs them side by side)."""
-    _, cfg, local_stats, _ = sweep_run
-    wd = tmp_path_factory.mktemp("slurm-sweep")
-    res = snakemake(wd, *PROFILES, "--configfile", str(write(wd, cfg)), check=False)
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-    jobs = slurm_jobs(wd)
-    assert jobs and all(j["JobState"] == "COMPLETED" for j in jobs), [(j["rule"], j["JobState"]) for j in jobs]
-    assert Counter(j["rule"] for j in jobs) == {r: n for r, n in local_stats.items() if r not in LOCAL_RULES}
+    jobs = slurm_jobs(slurm_run.wd)
     pre = [j for j in jobs if j["rule"] == "pretrain"]
     assert len(pre) == 2 and len({j["JobId"] for j in pre}) == 2
     assert len({j["wildcards"] for j in pre}) == 2  # two recipes: two pretraining folders
     assert max(j["SubmitTime"] for j in pre) < min(j["EndTime"] for j in pre), pre
-    rows = [line for line in (wd / "results" / "experiments" / "lrs" / "sweep.md").read_text().splitlines()
-            if line.startswith("| lr-")]
+    rows = [line for line in (slurm_run.wd / "results" / "experiments" / "lrs" / "sweep.md").read_text()
+            .splitlines() if line.startswith("| lr-")]
     assert len(rows) == 2

@@ -165,6 +165,7 @@ def test_parent_run_records_the_config_and_a_failed_workflow_fails_its_open_stag
     assert "mlflow.parentRunId" not in client.get_run(manual.run_id).data.tags
 
 
+@pytest.mark.slow  # starts a real MLflow server: not in the edit loop (make test-fast)
 def test_tracking_server_script_http_logging_and_stop_by_pid(tmp_path, monkeypatch):
     """Cluster mode: scripts/mlflow-server.sh starts one server on 127.0.0.1 with a PID file;
     a workflow parent and several processes log over HTTP (artifacts uploaded through it);

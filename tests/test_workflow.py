@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from conftest import REPO, make_video, snakemake
-from svt.demo_data import generate
 from svt.manifest import ManifestRow, RejectRow, read_rows
 
 pytestmark = pytest.mark.slow
@@ -27,11 +26,9 @@ def write_config(workdir: Path, datasets: dict, **decode) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """A small copy of the demo dataset (UCF101 layout), generated once for this module."""
-    root = tmp_path_factory.mktemp("demo")
-    generate(root / "ucf", seed=1, classes=4, groups=3, clips=1, frames=24, size=(80, 60), jobs=2)
-    return root / "ucf"
+def demo(tiny_data):
+    """A small copy of the demo dataset (UCF101 layout): the session's (conftest), read only."""
+    return tiny_data
 
 
 def test_data_stage_end_to_end(demo, tmp_path):
