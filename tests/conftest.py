@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Under pytest-xdist (`--dist loadgroup`), the tests that read one expensive set-up (a session
 # or module fixture) run on one worker, so that it is made once; those groups are handed out
 # first, and the other tests fill in around them.
-XDIST_GROUPS = {"sweep_run": "slurm-and-sweep", "slurm": "slurm-and-sweep", "tiny_run": "tiny-run"}
+XDIST_GROUPS = {"sweep_run": "slurm-and-sweep", "slurm": "slurm-and-sweep", "tiny_run": "tiny-run",
+                "imported_run": "imported-weights"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
