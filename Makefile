@@ -47,7 +47,7 @@ test: setup       ## run the test suite (as root, first installs SLURM and chrom
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=20
 
 test-fast: setup  ## the edit loop: the unit tests only (not marked slow: no workflow, SLURM, browser or training run)
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 lint: setup       ## snakemake's own linter
 	$(VENV)/bin/snakemake --lint --configfile config/demo.yaml
