@@ -43,13 +43,6 @@ def write(workdir: Path, cfg: dict, name: str = "tiny.yaml") -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def local_run(tiny_run):
-    """The tiny whole pipeline with the local executor (conftest, shared by the session): the
-    reference for every test here. Tests that run jobs do so in a copy of it."""
-    return tiny_run.wd, tiny_run.cfg, tiny_run.stats, tiny_run.printed
-
-
 def dry(wd: Path, cfg: dict, *args: str, snakefile: Path | None = None) -> dict[str, int]:
     path = write(wd, cfg, "changed.yaml")
     extra = ["-s", str(snakefile)] if snakefile else []
@@ -60,8 +53,8 @@ def dry(wd: Path, cfg: dict, *args: str, snakefile: Path | None = None) -> dict[
 # ---- partial reruns (local executor) ------------------------------------------------------
 
 
-def test_whole_pipeline_outputs(local_run):
-    wd, _, stats, printed = local_run
+def test_whole_pipeline_outputs(tiny_run):
+    wd, stats, printed = tiny_run.wd, tiny_run.stats, tiny_run.printed
     out = wd / "results"
     (table,) = out.glob("evaluate/*/probe-*/table.md")
     text = table.read_text()
@@ -90,8 +83,8 @@ def test_whole_pipeline_outputs(local_run):
     assert stats["pretrain"] == 1 and stats["probe"] == 2
 
 
-def test_pretraining_change_reruns_pretraining_and_evaluation_not_decoding(local_run):
-    wd, cfg, *_ = local_run
+def test_pretraining_change_reruns_pretraining_and_evaluation_not_decoding(tiny_run):
+    wd, cfg = tiny_run.wd, tiny_run.cfg
     changed = copy.deepcopy(cfg)
     changed["optim"]["lr"] = 1e-3
     plan = dry(wd, changed)
@@ -104,24 +97,24 @@ def test_pretraining_change_reruns_pretraining_and_evaluation_not_decoding(local
     assert dry(wd, cfg) == {}
 
 
-def test_runtime_keys_do_not_rerun_pretraining(local_run):
+def test_runtime_keys_do_not_rerun_pretraining(tiny_run):
     """Workers, logging and checkpoint interval change how a run goes, not what it makes."""
-    wd, cfg, *_ = local_run
+    wd, cfg = tiny_run.wd, tiny_run.cfg
     changed = copy.deepcopy(cfg)
     changed["pretrain"].update(num_workers=1, log_every=3, checkpoint_every=5, knn_every=2)
     changed["cluster"].update(pretrain_runtime=30, partition="other")
     assert dry(wd, changed) == {}
 
 
-def test_probe_change_reruns_only_the_probe(local_run):
-    wd, cfg, *_ = local_run
+def test_probe_change_reruns_only_the_probe(tiny_run):
+    wd, cfg = tiny_run.wd, tiny_run.cfg
     changed = copy.deepcopy(cfg)
     changed["evaluate"]["probe_lr"] = 0.01
     assert dry(wd, changed) == {"probe": 2, "eval_table": 1, "experiment": 1, "all": 1}
 
 
-def test_until_and_forcerun(local_run):
-    wd, cfg, *_ = local_run
+def test_until_and_forcerun(tiny_run):
+    wd, cfg = tiny_run.wd, tiny_run.cfg
     changed = copy.deepcopy(cfg)
     changed["optim"]["lr"] = 1e-3
     assert dry(wd, changed, "--until", "pretrain") == {"pretrain": 1}
@@ -130,10 +123,10 @@ def test_until_and_forcerun(local_run):
     assert not set(forced) & DATA_RULES, forced
 
 
-def test_code_edits_are_detected_and_listed(local_run, tmp_path):
+def test_code_edits_are_detected_and_listed(tiny_run, tmp_path):
     """Editing svt/probe.py reruns the probes (and what follows), not feature extraction: the
     module's source hash is a param. Editing a rule's command is what --list-changes code lists."""
-    wd, cfg, *_ = local_run
+    wd, cfg = tiny_run.wd, tiny_run.cfg
     checkout = tmp_path / "checkout"
     ignore = shutil.ignore_patterns("__pycache__")
     for part in ("workflow", "svt"):

@@ -25,20 +25,15 @@ def write_config(workdir: Path, datasets: dict, **decode) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def demo(tiny_data):
-    """A small copy of the demo dataset (UCF101 layout): the session's (conftest), read only."""
-    return tiny_data
-
-
-def test_data_stage_end_to_end(demo, tmp_path):
+def test_data_stage_end_to_end(tiny_data, tmp_path):
     hostile = tmp_path / "hostile"
     names = ["a b/spaced name.mp4", "q'uo\"te/$HOME `id`.mp4", "ünï/视频 clip.mp4"]
     for n in names:
         make_video(hostile / n, size=(64, 48), seconds=1)
     (hostile / "a b" / "broken.mp4").write_bytes(b"not a video at all" * 100)
     cfg = write_config(tmp_path, {
-        "demo": {"format": "ucf101", "root": str(demo / "videos"), "annotations": str(demo / "splits")},
+        "demo": {"format": "ucf101", "root": str(tiny_data / "videos"),
+                 "annotations": str(tiny_data / "splits")},
         "odd": {"format": "folder", "root": str(hostile)},
     }, max_reject_fraction=0.3)
     snakemake(tmp_path, "data", "--configfile", str(cfg))
@@ -92,12 +87,12 @@ def test_too_many_rejects_fail_the_stage_but_keep_the_report(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing_root", "malformed_line", "unknown_key", "undefined_dataset"])
-def test_bad_config_stops_before_any_job(demo, tmp_path, case):
+def test_bad_config_stops_before_any_job(tiny_data, tmp_path, case):
     splits = tmp_path / "splits"
     splits.mkdir()
-    for f in (demo / "splits").iterdir():
+    for f in (tiny_data / "splits").iterdir():
         (splits / f.name).write_text(f.read_text())
-    ds = {"format": "ucf101", "root": str(demo / "videos"), "annotations": str(splits)}
+    ds = {"format": "ucf101", "root": str(tiny_data / "videos"), "annotations": str(splits)}
     cfg = write_config(tmp_path, {"demo": ds})
     data = yaml.safe_load(cfg.read_text())
     if case == "missing_root":
@@ -141,19 +136,19 @@ def test_lint_is_clean(tmp_path):
     assert {w.split(" (")[0] for w, _ in groups} == {"rule pretrain", "rule supervised"}, groups
 
 
-def test_slurm_profile_dry_run_without_slurm(demo, tmp_path):
+def test_slurm_profile_dry_run_without_slurm(tiny_data, tmp_path):
     """`snakemake --profile slurm -n` plans through the SLURM executor on a machine without
     SLURM (the profile is found as ./slurm/, as from the repository root)."""
     (tmp_path / "slurm").symlink_to(REPO / "slurm")
-    cfg = write_config(tmp_path, {"demo": {"format": "ucf101", "root": str(demo / "videos"),
-                                           "annotations": str(demo / "splits")}})
+    cfg = write_config(tmp_path, {"demo": {"format": "ucf101", "root": str(tiny_data / "videos"),
+                                           "annotations": str(tiny_data / "splits")}})
     res = snakemake(tmp_path, "--profile", "slurm", "-n", "--configfile", str(cfg))
     out = res.stdout + res.stderr
     assert "This was a dry-run" in out and "decode_shard" in out and "pretrain" in out
 
 
 @pytest.mark.cpu_only
-def test_local_cpu_only_run_claims_no_gpus(demo, tmp_path):
+def test_local_cpu_only_run_claims_no_gpus(tiny_data, tmp_path):
     """A local run on a machine without GPUs plans pretraining and feature extraction without
     gpu resources (the SLURM tests check that cluster jobs still ask for them)."""
     import shutil
@@ -161,22 +156,22 @@ def test_local_cpu_only_run_claims_no_gpus(demo, tmp_path):
 
     if shutil.which("nvidia-smi") and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0:
         pytest.skip("this machine has a GPU: local jobs claim it")
-    cfg = write_config(tmp_path, {"demo": {"format": "ucf101", "root": str(demo / "videos"),
-                                           "annotations": str(demo / "splits")}})
+    cfg = write_config(tmp_path, {"demo": {"format": "ucf101", "root": str(tiny_data / "videos"),
+                                           "annotations": str(tiny_data / "splits")}})
     res = snakemake(tmp_path, "-n", "--configfile", str(cfg))
     lines = [l for l in res.stdout.splitlines() if l.strip().startswith("resources:")]
     assert lines and "rule pretrain:" in res.stdout and "rule features:" in res.stdout
     assert not any("gpu" in l for l in lines), lines
 
 
-def test_switching_the_tracking_uri_changes_no_job(demo, tmp_path):
+def test_switching_the_tracking_uri_changes_no_job(tiny_data, tmp_path):
     """The tracking URI reaches the jobs through the environment (SVT_TRACKING_URI, set by
     workflow/rules/common.smk), never through a rule's params or shell command: the whole
     pipeline's planned jobs and commands are the same for any URI, so Snakemake's params and
     code rerun triggers cannot fire when it changes (test_data_stage_end_to_end checks this
     on completed jobs)."""
-    cfg = write_config(tmp_path, {"demo": {"format": "ucf101", "root": str(demo / "videos"),
-                                           "annotations": str(demo / "splits")}})
+    cfg = write_config(tmp_path, {"demo": {"format": "ucf101", "root": str(tiny_data / "videos"),
+                                           "annotations": str(tiny_data / "splits")}})
     uris = ["http://127.0.0.1:9/svt-test-server", f"sqlite:///{tmp_path / 'elsewhere' / 'svt-other.db'}"]
     plans = []
     for i, uri in enumerate(uris):
