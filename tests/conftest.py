@@ -233,7 +233,7 @@ def tiny_cfg(tiny_data) -> dict:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_cfg, tmp_path_factory):
     """The whole pipeline on the tiny data, once per session, with the local executor: the
-    reference that the run, rerun, dashboard and SLURM tests read. A test that runs jobs in it
+    reference that the run, rerun and dashboard tests read. A test that runs jobs in it
     works on ``tiny_run.copy(tmp_path / ...)``; at the end of the session the suite fails if
     anything under its results/ or logs/ changed."""
     wd = tmp_path_factory.mktemp("tiny-run")
